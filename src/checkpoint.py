@@ -1,0 +1,72 @@
+"""Checkpoints: a state_dict plus plain config and vocabulary, nothing that needs unpickling code.
+
+Loaded with ``torch.load(..., weights_only=True)``, so a crafted file cannot run code; written
+atomically, so a crash never leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from src import fileio
+from src.errors import KarnnaError
+from src.model import CharLSTM, ModelSpec
+from src.vocab import Vocab
+
+FORMAT = "karnna-checkpoint"
+VERSION = 1
+
+
+def save(path: Path, model: CharLSTM, vocab: Vocab, step: int, extra: Optional[dict[str, Any]] = None) -> None:
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": model.spec.to_dict(),
+        "vocab": vocab.to_dict(),
+        "step": int(step),
+        **(extra or {}),
+    }
+    fileio.write_with(path, lambda p: torch.save(payload, p))
+
+
+def load_payload(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KarnnaError(f"{path}: checkpoint not found; run `dvc repro train` (or pass an existing --checkpoint)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise KarnnaError(
+            f"{path}: refused: the file holds objects other than tensors and plain data "
+            f"({str(exc).splitlines()[0][:160]}); only load checkpoints you trust, and never with weights_only=False"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise KarnnaError(
+            f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:160]}); retrain or restore it"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise KarnnaError(f"{path}: not a karnna checkpoint (no '{FORMAT}' marker)")
+    if payload.get("version") != VERSION:
+        raise KarnnaError(f"{path}: checkpoint version {payload.get('version')!r}, this code reads {VERSION}; retrain")
+    return payload
+
+
+def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharLSTM, Vocab, dict[str, Any]]:
+    """-> (model in eval mode on `device`, vocabulary, the whole payload)."""
+    payload = load_payload(path)
+    try:
+        spec = ModelSpec(**payload["model"])
+        vocab = Vocab.from_dict(payload["vocab"], f"{path} (vocabulary)")
+        model = CharLSTM(spec)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise KarnnaError(f"{path}: checkpoint does not match the model code ({str(exc).splitlines()[0][:160]}); retrain") from None
+    if spec.vocab_size != vocab.size:
+        raise KarnnaError(f"{path}: model has {spec.vocab_size} outputs but the vocabulary {vocab.size} characters; retrain")
+    return model.to(device).eval(), vocab, payload

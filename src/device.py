@@ -1,0 +1,69 @@
+"""Device and precision selection: one code path for CPU, CUDA and MPS."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from src.errors import KarnnaError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else MPS, else CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KarnnaError("train.device is 'cuda' but torch sees no CUDA GPU; set train.device: auto or cpu")
+    if name == "mps" and not _mps_available():
+        raise KarnnaError("train.device is 'mps' but this machine has no MPS backend; set train.device: auto or cpu")
+    return torch.device(name)
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16).
+
+    Without them bf16 autocast is emulated and slower than fp32, so 'auto' keeps fp32 there.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """-> the autocast dtype, or None for plain fp32."""
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return None
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "").replace("bfloat16", "bf16")

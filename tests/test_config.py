@@ -1,0 +1,56 @@
+import pytest
+import yaml
+
+from src.config import Config, config_from_dict
+from src.errors import KarnnaError
+from tests.conftest import REPO
+
+
+def test_repo_params_yaml_is_valid_and_complete():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = config_from_dict(raw)
+    # Every field of every section is spelled out in params.yaml, so `dvc exp run -S` finds it.
+    for key in Config().flat():
+        section, name = key.split(".")
+        assert name in raw[section], f"params.yaml lacks {key}"
+    assert cfg.sample.prime == "Far" and cfg.sample.length == 2000 and cfg.sample.top_k == 5
+
+
+def test_defaults_when_sections_are_missing():
+    assert config_from_dict({}) == Config()
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"train": {"lr": "1e-3"}}, r"train\.lr: expected a number, got string '1e-3'.*write 1\.0e-3"),
+        ({"model": {"dropout": 1.0}}, r"model\.dropout: 1\.0 is out of range; expected in \[0, 1\)"),
+        ({"model": {"lstm_size": 0}}, r"model\.lstm_size: 0 is out of range"),
+        ({"model": {"lstm_sise": 10}}, r"model\.lstm_sise: unknown key \(did you mean 'lstm_size'\?\)"),
+        ({"trian": {"lr": 0.1}}, r"unknown section 'trian'"),
+        ({"train": {"batch_size": 3.5}}, r"train\.batch_size: expected an integer"),
+        ({"train": {"batch_size": True}}, r"train\.batch_size: expected an integer"),
+        ({"train": {"lr_decay": "linear"}}, r"train\.lr_decay: 'linear' is not one of 'none' \| 'cosine'"),
+        ({"tracking": {"enabled": "yes please"}}, r"tracking\.enabled: expected true or false"),
+        ({"split": {"val_fraction": 0.0}}, r"split\.val_fraction: 0\.0 is out of range"),
+        ({"sample": {"length": 0}}, r"sample\.length: 0 is out of range"),
+        ({"train": {"min_lr": 1.0}}, r"train\.min_lr"),
+        ({"model": "big"}, r"model: expected a mapping"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(raw, expected):
+    with pytest.raises(KarnnaError, match=expected) as info:
+        config_from_dict(raw, "params.yaml")
+    assert str(info.value).startswith("params.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_integers_are_accepted_for_floats():
+    cfg = config_from_dict({"train": {"lr": 1, "grad_clip": 5}})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+def test_flat_names_are_the_params_yaml_paths():
+    flat = Config().flat()
+    assert flat["train.lr"] == Config().train.lr
+    assert flat["model.lstm_size"] == Config().model.lstm_size

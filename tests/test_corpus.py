@@ -1,0 +1,77 @@
+import functools
+import http.server
+import threading
+
+import pytest
+
+from src import corpus
+from src.errors import KarnnaError
+
+GUTENBERG = (
+    "\ufeffThe Project Gutenberg eBook of Anna Karenina\r\n\r\nThis eBook is for the use of anyone...\r\n"
+    "*** START OF THE PROJECT GUTENBERG EBOOK ANNA KARENINA ***\r\n\r\n\r\n"
+    "Chapter 1\r\n\r\nHappy families are all alike.\r\n\r\n"
+    "*** END OF THE PROJECT GUTENBERG EBOOK ANNA KARENINA ***\r\nLicence text...\r\n"
+)
+
+
+def test_strip_gutenberg_keeps_only_the_book():
+    body = corpus.strip_gutenberg(GUTENBERG)
+    assert body.startswith("Chapter 1") and "Happy families are all alike." in body
+    assert "Gutenberg" not in body and "Licence" not in body
+
+
+def test_strip_gutenberg_rejects_other_files():
+    with pytest.raises(KarnnaError, match="not a Project Gutenberg"):
+        corpus.strip_gutenberg("just some text")
+
+
+def test_decode_names_the_byte_offset():
+    with pytest.raises(KarnnaError, match=r"corpus.txt: not UTF-8 at byte offset 3 \(byte 0xe9\)"):
+        corpus.decode_utf8(b"abc\xe9def", "corpus.txt")
+
+
+def test_locate(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    assert corpus.locate(None, repo) is None
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    (shared / "anna.txt").write_text("x")
+    assert corpus.locate(None, repo).resolve() == (shared / "anna.txt").resolve()
+    (repo / "mine.txt").write_text("y")
+    assert corpus.locate("mine.txt", repo) == repo / "mine.txt"
+    with pytest.raises(KarnnaError, match=r"data.path: 'missing.txt' does not exist"):
+        corpus.locate("missing.txt", repo)
+
+
+def test_checksum():
+    corpus.check_sha256(b"abc", None, "x")
+    corpus.check_sha256(b"abc", corpus.sha256(b"abc"), "x")
+    with pytest.raises(KarnnaError, match="SHA-256"):
+        corpus.check_sha256(b"abd", corpus.sha256(b"abc"), "x")
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A real HTTP server on loopback serving tmp_path."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_downloads_and_strips(http_root):
+    root, base = http_root
+    (root / "pg1399.txt").write_bytes(GUTENBERG.encode("utf-8"))
+    text = corpus.fetch(f"{base}/pg1399.txt").decode("utf-8")
+    assert text.startswith("Chapter 1") and "END OF" not in text
+
+
+def test_fetch_failure_says_where_to_put_the_file(http_root):
+    _, base = http_root
+    with pytest.raises(KarnnaError, match=r"download from .* failed .*put a UTF-8 text at"):
+        corpus.fetch(f"{base}/missing.txt")

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from src import corpus
+from src.errors import KarnnaError
+from src.vocab import Vocab, build_vocab
+from tests.conftest import TINY_TEXT
+
+
+def test_vocab_is_sorted_and_stable():
+    a = build_vocab("hello world", "lf")
+    b = build_vocab("dlrow olleh", "lf")
+    assert a == b
+    assert list(a.chars) == sorted(set("hello world"))
+
+
+def test_round_trip_and_dtype():
+    vocab = build_vocab(TINY_TEXT, "lf")
+    ids = vocab.encode(TINY_TEXT)
+    assert ids.dtype == np.uint8
+    assert vocab.decode(ids) == TINY_TEXT
+    assert ids.max() == vocab.size - 1
+
+
+def test_non_ascii_round_trip():
+    text = "Анна — Каренина ‘ok’ é\n"
+    vocab = build_vocab(text, "lf")
+    assert vocab.decode(vocab.encode(text)) == text
+
+
+def test_unknown_characters_are_named():
+    vocab = build_vocab("abc", "lf")
+    with pytest.raises(KarnnaError, match=r"'z', 'é'"):
+        vocab.encode("abz é")
+
+
+def test_newline_policy():
+    raw = "one\r\ntwo\rthree\nfour"
+    assert corpus.normalise_newlines(raw, "lf") == "one\ntwo\nthree\nfour"
+    assert corpus.normalise_newlines(raw, "keep") == raw
+    assert "\r" not in build_vocab(corpus.normalise_newlines(raw, "lf"), "lf").chars
+
+
+def test_vocab_json_records_newline_policy(tmp_path):
+    vocab = build_vocab("a\r\nb", "keep")
+    vocab.save(tmp_path / "vocab.json")
+    loaded = Vocab.load(tmp_path / "vocab.json")
+    assert loaded == vocab and loaded.newline == "keep"
+
+
+def test_empty_text_is_an_error():
+    with pytest.raises(KarnnaError, match="empty"):
+        build_vocab("", "lf")
