@@ -1,0 +1,112 @@
+"""What every stage shares: the repo's paths, reading params.yaml, and turning bad input into
+one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from src.config import Config, config_from_dict
+from src.errors import KarnnaError
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+CORPUS = ROOT / "data" / "corpus.txt"
+VOCAB = ROOT / "data" / "vocab.json"
+ENCODED = ROOT / "data" / "encoded.npy"
+SPLIT_DIR = ROOT / "data" / "split"
+MODELS = ROOT / "models"
+BEST = MODELS / "best.pt"
+LAST = MODELS / "last.pt"
+METRICS = ROOT / "metrics"
+PLOTS = ROOT / "plots"
+SAMPLES = ROOT / "samples"
+
+
+def load_params(path: Path = PARAMS) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KarnnaError(f"{path}: not found; run the stages from the repo root, where params.yaml lives") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KarnnaError(f"{path.name}: not valid YAML{where}: {problem}") from None
+
+
+def load_config(path: Path = PARAMS) -> Config:
+    return config_from_dict(load_params(path), path.name)
+
+
+def stage(fn: Callable[[], None]) -> Callable[[], int]:
+    """Wrap a stage's main(): bad input becomes `error: ...` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper() -> int:
+        try:
+            fn()
+        except KarnnaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return wrapper
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the embedded store mlflow.db of the *main* repo.
+
+    `dvc exp run --temp/--queue` runs stages in a copy under <repo>/.dvc/tmp/exps/...; the
+    absolute path to the main repo's mlflow.db makes those runs land in the same store.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{main_repo_root() / 'mlflow.db'}"
+
+
+def main_repo_root() -> Path:
+    parts = ROOT.parts
+    if ".dvc" in parts:  # a DVC experiment workspace inside <repo>/.dvc/tmp/exps/
+        return Path(*parts[: parts.index(".dvc")])
+    return ROOT
+
+
+def run_context(*data_files: Path) -> dict:
+    """What the training run records about where it came from (None: not known here)."""
+    return {
+        "git_commit": git_commit(),
+        # Set by `dvc exp run` (queued, --temp or in the workspace); it names the MLflow run too.
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+        "data_hash": files_sha256(data_files),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout, no commit yet, or no git
+    return out.stdout.strip() or None
+
+
+def files_sha256(paths) -> str:
+    """One SHA-256 over the files' names and bytes: which data a run was trained on."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode() + b"\0")
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()

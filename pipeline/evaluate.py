@@ -1,0 +1,37 @@
+"""Stage evaluate: models/best.pt on the whole validation split (and the test split when set),
+in fp32 with the fixed evaluate.* layout -> metrics/eval.json (nats, bits per char, perplexity)."""
+
+import sys
+
+import numpy as np
+import torch
+
+from pipeline.common import BEST, METRICS, SPLIT_DIR, load_config, stage, tracking_uri
+from src import checkpoint, evaluate, fileio, tracking
+from src.device import resolve_device
+
+
+@stage
+def main() -> None:
+    cfg = load_config()
+    device = resolve_device(cfg.train.device)
+    model, vocab, payload = checkpoint.load(BEST, device)
+    results = {"step": payload["step"]}
+    for name in ("val", "test"):
+        ids = fileio.read_npy(SPLIT_DIR / f"{name}.npy")
+        if len(ids) < 2:
+            continue
+        loss = evaluate.stream_loss(
+            model, torch.from_numpy(ids.astype(np.int64)).to(device), cfg.evaluate.rows, cfg.evaluate.chunk_len
+        )
+        results[name] = {**evaluate.scores(loss), "chars": int(len(ids))}
+        print(f"evaluate: {name} {loss:.4f} nats/char, {loss / evaluate.LN2:.4f} bpc, perplexity {np.exp(loss):.3f}")
+    fileio.write_json(METRICS / "eval.json", results)
+    flat = {f"{split}_{k}": v for split, r in results.items() if isinstance(r, dict) for k, v in r.items() if k != "chars"}
+    tracking.log_to_run(
+        payload.get("run_id"), tracking_uri(), metrics=flat, artifacts=[METRICS / "eval.json"], step=payload["step"]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Stage sample: text from models/best.pt primed with sample.prime -> samples/sample.txt, printed."""
+
+import sys
+
+from pipeline.common import BEST, SAMPLES, load_config, stage, tracking_uri
+from src import checkpoint, fileio, tracking
+from src.sample import generate
+
+
+@stage
+def main() -> None:
+    cfg = load_config()
+    s = cfg.sample
+    model, vocab, payload = checkpoint.load(BEST, "cpu")
+    (text,) = generate(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed)
+    path = SAMPLES / "sample.txt"
+    fileio.write_text(path, text + "\n")
+    print(text)
+    # The head of the sample as a tag: a column that `mlflow ui` can show beside the losses.
+    tracking.log_to_run(payload.get("run_id"), tracking_uri(), artifacts=[path], tags={"sample": text[:500]})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Stage train: the split -> models/best.pt (lowest validation loss) and models/last.pt,
+metrics/train.json for `dvc metrics show`, plots/*.csv for `dvc plots show`."""
+
+import sys
+
+from pipeline.common import (
+    BEST,
+    LAST,
+    METRICS,
+    PARAMS,
+    PLOTS,
+    SPLIT_DIR,
+    VOCAB,
+    load_config,
+    run_context,
+    stage,
+    tracking_uri,
+)
+from src import fileio, tracking
+from src.train import TrainPaths, train
+from src.vocab import Vocab
+
+
+def write_history(result) -> None:
+    fileio.write_text(
+        PLOTS / "train_loss.csv",
+        "step,train_loss\n" + "".join(f"{s},{v:.5f}\n" for s, v in result.train_history),
+    )
+    fileio.write_text(
+        PLOTS / "val_loss.csv",
+        "step,val_loss\n" + "".join(f"{s},{v:.5f}\n" for s, v in result.val_history),
+    )
+
+
+@stage
+def main() -> None:
+    cfg = load_config()
+    vocab = Vocab.load(VOCAB)
+    train_ids = fileio.read_npy(SPLIT_DIR / "train.npy")
+    val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")
+    uri = tracking_uri()
+    context = run_context(SPLIT_DIR / "train.npy", SPLIT_DIR / "val.npy", VOCAB)
+    with tracking.start_training_run(cfg, uri, context) as reporter:
+        result = train(cfg, vocab, train_ids, val_ids, TrainPaths(best=BEST, last=LAST), reporter=reporter)
+        write_history(result)
+        fileio.write_json(METRICS / "train.json", result.metrics())
+        registration = reporter.finish_training(
+            result, best=BEST, last=LAST, vocab=VOCAB, history=PLOTS, params_file=PARAMS
+        )
+    print(
+        f"train: best val {result.best_val_loss:.4f} nats at step {result.best_step}, "
+        f"{result.steps} steps in {result.seconds:.0f} s ({result.chars_per_sec / 1000:.1f}k char/s)"
+    )
+    if reporter.run_id:
+        print(f"mlflow: run {reporter.run_id} in {uri}; {registration.describe()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
