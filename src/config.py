@@ -96,9 +96,15 @@ class TrainConfig:
     num_threads: int = 0
     # Refresh the progress bar's loss every this many steps (each refresh costs a host sync).
     log_interval: int = 25
+    # Write models/last.pt with everything needed to resume exactly every this many steps.
+    checkpoint_interval: int = 250
+    # "auto": continue an unfinished run from models/last.pt when it was made with the same
+    # params and data, else start fresh (saying why); "never": always start fresh;
+    # "require": resume or fail.
+    resume: Literal["auto", "never", "require"] = "auto"
 
     def validate(self, where: str) -> None:
-        for key in ("batch_size", "seq_len", "epochs", "eval_interval", "log_interval"):
+        for key in ("batch_size", "seq_len", "epochs", "eval_interval", "log_interval", "checkpoint_interval"):
             if getattr(self, key) < 1:
                 raise _range(where, key, getattr(self, key), "a positive integer")
         if self.max_steps is not None and self.max_steps < 1:

@@ -67,3 +67,11 @@ def read_npy(path: PathLike) -> Any:
     import numpy as np
 
     return np.load(path, allow_pickle=False)
+
+
+def remove_stale_temps(folder: PathLike) -> None:
+    """Delete temporary files a killed process left behind (atomic_path's cleanup never ran)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

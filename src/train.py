@@ -1,31 +1,41 @@
-"""The training loop: Adam, global-norm clipping, optional cosine decay, truncated BPTT.
+"""The training loop: Adam, global-norm clipping, optional cosine decay, truncated BPTT, exact resume.
 
 The hidden state is carried from one window to the next within an epoch and detached between
 them; it is reset at each epoch start. Loss values stay on the device and are fetched once every
 log_interval steps, so the loop does not wait for the device at every step.
+
+Every checkpoint_interval steps models/last.pt receives everything the next step depends on:
+weights, optimizer and schedule, every random generator, the position in the data, the hidden
+state carried between batches, the best validation loss and the histories. A run killed at any
+moment and started again continues from there and ends with the same numbers (on CPU) as a
+run that was never interrupted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from src import checkpoint, data, evaluate
+from src import checkpoint, data, evaluate, fileio
 from src.config import Config
 from src.device import autocast, precision_name, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.model import CharLSTM, ModelSpec, count_params, detach, sizing_advice
 from src.report import Reporter
 from src.vocab import Vocab
+
+# Params that change how often things are printed or saved, not the numbers a run produces.
+NOT_IN_FINGERPRINT = {"train.log_interval", "train.checkpoint_interval", "train.resume", "train.num_threads"}
 
 
 @dataclass
@@ -48,6 +58,7 @@ class TrainResult:
     val_chars: int
     device: str
     precision: str
+    resumed_from: int = 0
     train_history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[tuple[int, float]] = field(default_factory=list)
 
@@ -67,6 +78,7 @@ class TrainResult:
             "params_per_char": self.n_params / self.train_chars,
             "device": self.device,
             "precision": self.precision,
+            "resumed_from": self.resumed_from,
         }
 
 
@@ -91,6 +103,78 @@ def build_model(cfg: Config, vocab: Vocab) -> CharLSTM:
     return CharLSTM(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout))
 
 
+def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed: the params that shape the numbers and
+    the data itself."""
+    fp = {
+        k: v
+        for k, v in cfg.flat().items()
+        if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
+    }
+    fp["data.train_sha256"] = hashlib.sha256(np.ascontiguousarray(train_ids).tobytes()).hexdigest()
+    fp["data.val_sha256"] = hashlib.sha256(np.ascontiguousarray(val_ids).tobytes()).hexdigest()
+    return fp
+
+
+def plan_resume(
+    cfg: Config,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    paths: TrainPaths,
+    log: Callable[[str], None] = print,
+) -> Optional[dict[str, Any]]:
+    """The checkpoint payload to resume from, or None to start fresh (per train.resume)."""
+    mode = cfg.train.resume
+    if mode == "never":
+        return None
+    if not paths.last.is_file():
+        if mode == "require":
+            raise KarnnaError(f"train.resume is 'require' but {paths.last} does not exist; set train.resume: auto")
+        return None
+    payload = checkpoint.load_payload(paths.last)
+    state = payload.get("resume")
+    if state is None or state["step"] >= state["total_steps"]:
+        if mode == "require":
+            raise KarnnaError(f"{paths.last} holds a finished run, nothing to resume; set train.resume: auto or never")
+        return None
+    expected = fingerprint(cfg, train_ids, val_ids)
+    changed = sorted(k for k in set(expected) | set(state["fingerprint"]) if expected.get(k) != state["fingerprint"].get(k))
+    if changed:
+        what = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {expected.get(k)!r}" for k in changed[:4])
+        if mode == "require":
+            raise KarnnaError(
+                f"{paths.last} was made with other params or data ({what}); "
+                "set train.resume: never (or auto) to start over"
+            )
+        log(f"not resuming {paths.last}: it was made with other params or data ({what}); starting fresh")
+        return None
+    log(f"resuming from {paths.last} at step {state['step']} of {state['total_steps']}")
+    return payload
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy and python states as plain lists/tensors, so weights_only loading accepts them
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
 def train(
     cfg: Config,
     vocab: Vocab,
@@ -100,8 +184,9 @@ def train(
     reporter: Optional[Reporter] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    resume: Optional[dict[str, Any]] = None,
 ) -> TrainResult:
-    """Train from scratch; write the best (lowest val loss) and last checkpoints."""
+    """Train, from scratch or from a plan_resume() payload; write best and last checkpoints."""
     t = cfg.train
     reporter = reporter or Reporter()
     seed_everything(t.seed)
@@ -109,6 +194,7 @@ def train(
         torch.set_num_threads(t.num_threads)
     device = resolve_device(t.device)
     amp = resolve_precision(t.precision, device)
+    fileio.remove_stale_temps(paths.last.parent)
 
     model = build_model(cfg, vocab).to(device)
     n_params = count_params(model)
@@ -141,18 +227,54 @@ def train(
             "precision": precision_name(amp),
         }
     )
+    fp = fingerprint(cfg, train_ids, val_ids)
 
-    extra_ckpt = {"run_id": reporter.run_id, "config": cfg.flat()}
+    # Everything below is the run's state; a resume restores all of it.
+    step, epoch, window = 0, 0, 0
+    hidden: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     best_val, best_step = math.inf, 0
     train_hist: list[tuple[int, float]] = []
     val_hist: list[tuple[int, float]] = []
+    chars_seen = 0
+    if resume is not None:
+        r = resume["resume"]
+        model.load_state_dict(resume["state_dict"])
+        opt.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+        step, epoch, window, chars_seen = r["step"], r["epoch"], r["window"], r["chars_seen"]
+        hidden = (r["hidden"][0].to(device), r["hidden"][1].to(device)) if r["hidden"] is not None else None
+        best_val, best_step = r["best_val"], r["best_step"]
+        train_hist = [tuple(x) for x in r["train_history"]]
+        val_hist = [tuple(x) for x in r["val_history"]]
+        _set_rng_state(r["rng"])
+    resumed_from = step
+
+    extra_ckpt = {"run_id": reporter.run_id, "config": cfg.flat()}
     pending: list[torch.Tensor] = []  # per-step losses not yet fetched from the device
     gnorms: list[torch.Tensor] = []
-    last_val = math.nan
-    step = 0
-    chars_seen = 0
+    last_val = val_hist[-1][1] if val_hist else math.nan
     start = time.perf_counter()
+    chars_this_session = 0
     window_start, window_chars = start, 0
+
+    def save_last() -> None:
+        state = {
+            "fingerprint": fp,
+            "total_steps": total_steps,
+            "step": step,
+            "epoch": epoch,
+            "window": window,
+            "chars_seen": chars_seen,
+            "hidden": None if hidden is None else (hidden[0].cpu(), hidden[1].cpu()),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(),
+            "best_val": best_val,
+            "best_step": best_step,
+            "train_history": [list(x) for x in train_hist],
+            "val_history": [list(x) for x in val_hist],
+        }
+        checkpoint.save(paths.last, model, vocab, step, {**extra_ckpt, "val_loss": last_val, "resume": state})
 
     def validate() -> None:
         nonlocal best_val, best_step, last_val
@@ -167,7 +289,6 @@ def train(
         if improved:
             best_val, best_step = last_val, step
             checkpoint.save(paths.best, model, vocab, step, {**extra_ckpt, "val_loss": last_val})
-        checkpoint.save(paths.last, model, vocab, step, {**extra_ckpt, "val_loss": last_val})
         reporter.log_metrics({"val_loss": last_val, "val_bpc": last_val / evaluate.LN2}, step)
         reporter.flush()
         msg = (
@@ -185,7 +306,7 @@ def train(
         values = torch.stack(pending).float().cpu().tolist()
         norms = torch.stack(gnorms).float().cpu().tolist()
         first = step - len(values) + 1
-        for i, (loss, norm) in enumerate(zip(values, norms)):
+        for i, loss in enumerate(values):
             if not math.isfinite(loss):
                 raise KarnnaError(
                     f"training loss is {loss} at step {first + i}: training diverged; lower train.lr "
@@ -195,28 +316,25 @@ def train(
         now = time.perf_counter()
         cps = window_chars / max(now - window_start, 1e-9)
         window_start, window_chars = now, 0
-        lr_now = sched.get_last_lr()[0]
-        metrics_by_step = {}
         for s, loss in train_hist[-len(values) :]:
             if s % cfg.tracking.log_every == 0:
-                metrics_by_step[s] = {"train_loss": loss}
-        for s, m in metrics_by_step.items():
-            reporter.log_metrics(m, s)
-        reporter.log_metrics({"lr": lr_now, "grad_norm": norms[-1], "chars_per_sec": cps}, step)
+                reporter.log_metrics({"train_loss": loss}, s)
+        reporter.log_metrics({"lr": sched.get_last_lr()[0], "grad_norm": norms[-1], "chars_per_sec": cps}, step)
         pending.clear()
         gnorms.clear()
         if progress:
+            val_text = f"{last_val:.3f}" if math.isfinite(last_val) else "-"
             bar.set_postfix_str(
-                f"epoch {epoch + 1}/{t.epochs} loss {values[-1]:.3f} val {last_val:.3f} {cps / 1000:.1f}k char/s"
+                f"epoch {epoch + 1}/{t.epochs} loss {values[-1]:.3f} val {val_text} {cps / 1000:.1f}k char/s"
             )
 
-    bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=1.0)
     model.train()
-    epoch = 0
     try:
         while step < total_steps:
-            hidden = model.init_hidden(t.batch_size, device)  # reset at each epoch start
-            for x, y in data.windows(grid, t.seq_len):
+            if hidden is None:
+                hidden = model.init_hidden(t.batch_size, device)  # reset at each epoch start
+            for x, y in data.windows(grid, t.seq_len, start=window):
                 with autocast(device, amp):
                     logits, hidden = model(x, hidden)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
@@ -229,7 +347,9 @@ def train(
                 pending.append(loss.detach())
                 gnorms.append(gnorm.detach())
                 step += 1
+                window += 1
                 chars_seen += y.numel()
+                chars_this_session += y.numel()
                 window_chars += y.numel()
                 bar.update(1)
                 if step % t.log_interval == 0:
@@ -237,9 +357,13 @@ def train(
                 if step % t.eval_interval == 0 or step == total_steps:
                     drain()
                     validate()
+                if step % t.checkpoint_interval == 0 or step == total_steps:
+                    drain()
+                    save_last()
                 if step >= total_steps:
                     break
-            epoch += 1
+            else:
+                epoch, window, hidden = epoch + 1, 0, None
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -248,15 +372,16 @@ def train(
         best_val_loss=best_val,
         best_step=best_step,
         steps=step,
-        epochs=step / steps_per_epoch,
+        epochs=chars_seen / (grid.size(0) * (grid.size(1) - 1)),
         seconds=seconds,
-        chars_per_sec=chars_seen / seconds,
+        chars_per_sec=chars_this_session / max(seconds, 1e-9),
         final_train_loss=float(np.mean(tail)),
         n_params=n_params,
         train_chars=len(train_ids),
         val_chars=len(val_ids),
         device=str(device),
         precision=precision_name(amp),
+        resumed_from=resumed_from,
         train_history=train_hist,
         val_history=val_hist,
     )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from src import data
 from src.config import config_from_dict
@@ -62,3 +67,53 @@ def assert_no_temp_files(folder: Path) -> None:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_params(repo: Path, params: dict) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def stage_repo(tmp_path) -> Path:
+    """A copy of the project's code and a tiny params.yaml, enough to run stages by hand."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("src", "pipeline"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    if SHARED_CORPUS.is_file():
+        corpus = SHARED_CORPUS.read_bytes()[:60_000]
+    else:
+        corpus = (TINY_TEXT * 30).encode()
+    (tmp_path / "corpus.txt").write_bytes(corpus)
+    # The repo's own params.yaml (DVC wants every key that dvc.yaml names), made tiny.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    tiny = tiny_params(
+        data={"path": str(tmp_path / "corpus.txt")},
+        train={"max_steps": 40, "eval_interval": 20, "batch_size": 8, "seq_len": 32},
+        sample={"length": 100, "prime": "The"},
+    )
+    for section, values in tiny.items():
+        params[section].update(values)
+    write_params(root, params)
+    return root
+
+

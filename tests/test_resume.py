@@ -1,0 +1,141 @@
+"""Exact resume: a run interrupted at any step and started again ends with the same numbers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from src import checkpoint
+from src.config import config_from_dict
+from src.errors import KarnnaError
+from src.report import Reporter
+from src.train import TrainPaths, plan_resume, train
+from tests.conftest import _env, tiny_params, write_params
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(Reporter):
+    """Raises at the first report at or after `step`, like a crash in the middle of training."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def log_metrics(self, metrics, step):
+        if step >= self.step:
+            raise Crash(f"crash at {step}")
+
+
+def _cfg(**train):
+    return config_from_dict(tiny_params(train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20,
+                                               "epochs": 5, "log_interval": 1, **train},
+                                        model={"dropout": 0.3}))
+
+
+def _paths(tmp_path, name):
+    return TrainPaths(tmp_path / f"{name}-best.pt", tmp_path / f"{name}-last.pt")
+
+
+@pytest.mark.parametrize("crash_step", [14, 31, 47])
+def test_resume_gives_the_same_numbers(tmp_path, tiny_data, crash_step):
+    vocab, tr, va = tiny_data
+    cfg = _cfg()
+    full = train(cfg, vocab, tr, va, _paths(tmp_path, "full"), progress=False, log=lambda _: None)
+
+    paths = _paths(tmp_path, "crashed")
+    with pytest.raises(Crash):
+        train(cfg, vocab, tr, va, paths, reporter=CrashAt(crash_step), progress=False, log=lambda _: None)
+    payload = plan_resume(cfg, tr, va, paths, log=lambda _: None)
+    assert payload is not None and payload["resume"]["step"] == (crash_step - 1) // 10 * 10
+    resumed = train(cfg, vocab, tr, va, paths, progress=False, log=lambda _: None, resume=payload)
+
+    assert resumed.resumed_from == payload["resume"]["step"]
+    assert resumed.train_history == full.train_history
+    assert resumed.val_history == full.val_history
+    assert resumed.best_val_loss == full.best_val_loss and resumed.best_step == full.best_step
+    a, b = checkpoint.load_payload(paths.last), checkpoint.load_payload(_paths(tmp_path, "full").last)
+    for k in a["state_dict"]:
+        assert (a["state_dict"][k] == b["state_dict"][k]).all(), k
+
+
+def test_resume_policy(tmp_path, tiny_data):
+    vocab, tr, va = tiny_data
+    cfg = _cfg()
+    paths = _paths(tmp_path, "x")
+    assert plan_resume(cfg, tr, va, paths) is None  # nothing there
+    with pytest.raises(KarnnaError, match="does not exist"):
+        plan_resume(_cfg(resume="require"), tr, va, paths)
+    with pytest.raises(Crash):
+        train(cfg, vocab, tr, va, paths, reporter=CrashAt(25), progress=False, log=lambda _: None)
+
+    messages = []
+    other = config_from_dict(tiny_params(train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20,
+                                                "epochs": 5, "log_interval": 1}, model={"dropout": 0.1}))
+    assert plan_resume(other, tr, va, paths, log=messages.append) is None
+    assert "model.dropout: 0.3 -> 0.1" in messages[0] and "starting fresh" in messages[0]
+    strict = config_from_dict(tiny_params(train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20,
+                                                 "epochs": 5, "log_interval": 1, "resume": "require"},
+                                          model={"dropout": 0.1}))
+    with pytest.raises(KarnnaError, match=r"made with other params or data \(model.dropout"):
+        plan_resume(strict, tr, va, paths)
+    # Other data is never resumed silently either.
+    assert plan_resume(cfg, tr[:-10], va, paths, log=messages.append) is None
+    assert "data.train_sha256" in messages[-1]
+    assert plan_resume(_cfg(resume="never"), tr, va, paths) is None
+    assert plan_resume(cfg, tr, va, paths) is not None
+
+    # A finished run is not resumed: it starts fresh.
+    train(cfg, vocab, tr, va, paths, progress=False, log=lambda _: None,
+          resume=plan_resume(cfg, tr, va, paths))
+    assert plan_resume(cfg, tr, va, paths) is None
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_matches_an_uninterrupted_run(stage_repo, tmp_path):
+    """The real thing: SIGKILL the train stage mid-run, run it again, compare with a clean run."""
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["model"].update({"lstm_size": 64, "dropout": 0.2})
+    params["train"].update({"max_steps": 200, "checkpoint_interval": 20, "eval_interval": 50})
+    write_params(stage_repo, params)
+
+    def stage(name, **kw):
+        return subprocess.Popen([sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+    for name in ("corpus", "encode", "split"):
+        assert stage(name).wait(timeout=120) == 0
+    last = stage_repo / "models" / "last.pt"
+
+    proc = stage("train")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if last.is_file() and checkpoint.load_payload(last)["step"] >= 40:
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.load_payload(last)["step"]
+    assert 40 <= killed_at < 200
+
+    out, err = stage("train").communicate(timeout=600)
+    assert f"resuming from {last}" in out, out + err
+    resumed = json.loads((stage_repo / "metrics" / "train.json").read_text())
+    resumed_curve = (stage_repo / "plots" / "train_loss.csv").read_text()
+
+    params["train"]["resume"] = "never"
+    write_params(stage_repo, params)
+    assert stage("train").wait(timeout=600) == 0
+    clean = json.loads((stage_repo / "metrics" / "train.json").read_text())
+    assert resumed["resumed_from"] == killed_at and clean["resumed_from"] == 0
+    for key in ("best_val_loss", "best_step", "final_train_loss", "steps"):
+        assert resumed[key] == clean[key], key
+    assert resumed_curve == (stage_repo / "plots" / "train_loss.csv").read_text()
