@@ -27,7 +27,10 @@ def main() -> None:
         results[name] = {**evaluate.scores(loss), "chars": int(len(ids))}
         print(f"evaluate: {name} {loss:.4f} nats/char, {loss / evaluate.LN2:.4f} bpc, perplexity {np.exp(loss):.3f}")
     fileio.write_json(METRICS / "eval.json", results)
-    flat = {f"{split}_{k}": v for split, r in results.items() if isinstance(r, dict) for k, v in r.items() if k != "chars"}
+    # eval_ keeps these apart from training's val_loss series, which they would otherwise extend.
+    flat = {
+        f"eval_{split}_{k}": v for split, r in results.items() if isinstance(r, dict) for k, v in r.items() if k != "chars"
+    }
     tracking.log_to_run(
         payload.get("run_id"), tracking_uri(), metrics=flat, artifacts=[METRICS / "eval.json"], step=payload["step"]
     )

@@ -17,7 +17,7 @@ from pipeline.common import (
     tracking_uri,
 )
 from src import fileio, tracking
-from src.train import TrainPaths, train
+from src.train import TrainPaths, plan_resume, train
 from src.vocab import Vocab
 
 
@@ -40,8 +40,13 @@ def main() -> None:
     val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")
     uri = tracking_uri()
     context = run_context(SPLIT_DIR / "train.npy", SPLIT_DIR / "val.npy", VOCAB)
-    with tracking.start_training_run(cfg, uri, context) as reporter:
-        result = train(cfg, vocab, train_ids, val_ids, TrainPaths(best=BEST, last=LAST), reporter=reporter)
+    paths = TrainPaths(best=BEST, last=LAST)
+    # After a crash, models/last.pt (kept by DVC: persist) holds the state to continue from.
+    resume = plan_resume(cfg, train_ids, val_ids, paths)
+    # A resumed training continues the MLflow run its checkpoint names.
+    resume_run_id = resume.get("run_id") if resume else None
+    with tracking.start_training_run(cfg, uri, context, resume_run_id=resume_run_id) as reporter:
+        result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, resume=resume)
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())
         registration = reporter.finish_training(

@@ -1,26 +1,335 @@
-"""Experiment tracking. PLACEHOLDER until the MLflow issue lands: tracking is off everywhere.
+"""Experiment tracking with MLflow: the only module that imports mlflow.
 
-This is the only module that may import mlflow; the rest of src/ talks to a Reporter.
+One MLflow run per training. The evaluate and sample stages add to the run that made the
+checkpoint (its id travels in the checkpoint), so one row in `mlflow ui` holds the whole story.
+Everything goes through an explicit MlflowClient, never the fluent API's process-wide active run
+and tracking URI, so trials of a tuner may train in threads side by side. See docs/TRACKING.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import platform
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+
 from src.config import Config
+from src.errors import KarnnaError
 from src.report import Reporter
+
+CHAMPION = "champion"
+# A reachable server answers at once; this only bounds a black-holed address.
+CONNECT_TIMEOUT_S = 5.0
+# What the served model accepts, so one request cannot tie the server up for minutes.
+MAX_LENGTH = 10_000
+DEFAULT_LENGTH = 200
+
+_SRC_DIR = Path(__file__).resolve().parent
+# Comparing with the champion and moving the alias is read-then-write; trials in threads of one
+# process take turns (separate processes can still race: see docs/TRACKING.md).
+_CHAMPION_LOCK = threading.Lock()
+
+
+@dataclass
+class Registration:
+    """What finish_training did in the model registry."""
+
+    model_name: str
+    version: str
+    champion: bool
+    previous_best: Optional[float]  # the champion's best_val_loss before this run; None: none yet
+
+    def describe(self) -> str:
+        before = "no champion before" if self.previous_best is None else f"champion had {self.previous_best:.4f}"
+        verdict = f"now @{CHAMPION}" if self.champion else f"@{CHAMPION} unchanged"
+        return f"registered {self.model_name} version {self.version} ({verdict}; {before})"
 
 
 class TrainingReporter(Reporter):
-    def finish_training(self, result: Any, best: Path, last: Path, vocab: Path, history: Path) -> None:
-        pass
+    """Records nothing: what training gets when tracking.enabled is false."""
+
+    def finish_training(
+        self,
+        result: Any,
+        best: Path,
+        last: Path,
+        vocab: Path,
+        history: Optional[Path] = None,
+        params_file: Optional[Path] = None,
+    ) -> Optional[Registration]:
+        """After train(): `result` is its TrainResult; the checkpoints, vocab.json, the history
+        CSVs (a folder or a file) and params.yaml become artifacts of the run."""
+        return None
+
+
+class MlflowReporter(TrainingReporter):
+    """Sends to one MLflow run. Metrics wait in memory until flush(), which hands them as one
+    log_batch to a sender thread: the loop neither makes a store round trip per value nor waits
+    for the one per evaluation (a SQLite commit costs ~20 ms). A failed send is raised at the
+    next flush() or wait()."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        experiment_id: str,
+        cfg: Config,
+        logged_params: Optional[Mapping[str, str]] = None,
+    ):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.cfg = cfg
+        # MLflow refuses to change a param; a resumed run keeps the values it started with.
+        self._logged_params = set(logged_params or ())
+        self._pending: list[Metric] = []
+        # One worker: batches reach the store in the order they were logged.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-send")
+        self._sent: list[Future] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        new = [Param(k, _param_value(v)) for k, v in params.items() if k not in self._logged_params]
+        self._logged_params.update(p.key for p in new)
+        if new:
+            self._send(params=new)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._send(metrics=batch)
+
+    def wait(self) -> None:
+        """Flush, then block until the store holds everything logged so far."""
+        self.flush()
+        sent, self._sent = self._sent, []
+        for future in sent:
+            future.result()
+
+    def close(self) -> None:
+        self._sender.shutdown(wait=True)
+
+    def _send(self, **batch) -> None:
+        for future in [f for f in self._sent if f.done()]:
+            self._sent.remove(future)
+            future.result()
+        self._sent.append(self._sender.submit(self.client.log_batch, self.run_id, **batch))
+
+    def finish_training(self, result, best, last, vocab, history=None, params_file=None) -> Registration:
+        """Final metrics, the files of the run, and the model: logged, registered, maybe champion."""
+        final = {_FINAL_RENAMES.get(k, k): v for k, v in result.metrics().items() if isinstance(v, (int, float))}
+        self.log_metrics(final, result.steps)
+        self.wait()
+        self.log_artifact(best, "checkpoints")
+        self.log_artifact(last, "checkpoints")
+        self.log_artifact(vocab)
+        if params_file is not None:
+            self.log_artifact(params_file)
+        if history is not None and Path(history).is_dir():
+            self.client.log_artifacts(self.run_id, str(history), "history")
+        elif history is not None:
+            self.log_artifact(history, "history")
+        with tempfile.TemporaryDirectory(prefix="karnna-") as tmp:
+            figure = Path(tmp) / "loss_curve.png"
+            save_loss_figure(result.train_history, result.val_history, figure)
+            self.log_artifact(figure)
+        logged = self._log_model(best, result.best_step)
+        return self._register(logged, result.best_val_loss)
+
+    def _log_model(self, best: Path, step: int):
+        """The pyfunc model as a LoggedModel of this run.
+
+        What mlflow.pyfunc.log_model does, with this reporter's client in place of the fluent
+        API's global tracking URI and active experiment (which would put it in experiment 0).
+        """
+        logged = self.client.create_logged_model(
+            self.experiment_id, name="model", source_run_id=self.run_id, model_type="char-lstm"
+        )
+        try:
+            with tempfile.TemporaryDirectory(prefix="karnna-model-") as tmp:
+                path = Path(tmp) / "model"
+                mlflow.pyfunc.save_model(
+                    path=str(path),
+                    python_model=CharLSTMGenerator(),
+                    artifacts={"checkpoint": str(best)},
+                    code_paths=[str(_SRC_DIR)],
+                    signature=SIGNATURE,
+                    input_example=_input_example(self.cfg),
+                    pip_requirements=_requirements(),
+                    mlflow_model=Model(
+                        artifact_path=logged.artifact_location,
+                        run_id=self.run_id,
+                        model_uuid=logged.model_id,
+                        model_id=logged.model_id,
+                    ),
+                )
+                # save_model imports the copied code to check the model: keep its bytecode out.
+                for cache in path.rglob("__pycache__"):
+                    shutil.rmtree(cache, ignore_errors=True)
+                self.client.log_model_artifacts(logged.model_id, str(path))
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=step)])
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        return self.client.finalize_logged_model(logged.model_id, "READY")
+
+    def _register(self, logged, best_val_loss: float) -> Registration:
+        name = self.cfg.tracking.model_name
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        version = self.client.create_model_version(
+            name,
+            # The storage location, not models:/<id>: the SQLite registry resolves that through
+            # the process-wide tracking URI, which may be another store.
+            source=logged.artifact_location,
+            run_id=self.run_id,
+            model_id=logged.model_id,
+            tags={"best_val_loss": repr(float(best_val_loss))},
+        ).version
+        self.client.set_tag(self.run_id, "registered_model_version", f"{name}/{version}")
+        with _CHAMPION_LOCK:
+            previous = champion_loss(self.client, name)
+            promote = math.isfinite(best_val_loss) and (previous is None or best_val_loss < previous)
+            if promote:
+                self.client.set_registered_model_alias(name, CHAMPION, version)
+        return Registration(name, str(version), promote, previous)
+
+
+# The final summary's chars_per_sec is the run's mean; the series of that name is per window.
+_FINAL_RENAMES = {"chars_per_sec": "mean_chars_per_sec"}
+
+
+def champion_loss(client: MlflowClient, name: str) -> Optional[float]:
+    """best_val_loss of the version the champion alias points to; None when there is none."""
+    version = client.get_registered_model(name).aliases.get(CHAMPION)
+    if version is None:
+        return None
+    current = client.get_model_version(name, version)
+    if "best_val_loss" in current.tags:
+        return float(current.tags["best_val_loss"])
+    # A version registered by hand: fall back to its run's metric, else let any run beat it.
+    metrics = client.get_run(current.run_id).data.metrics if current.run_id else {}
+    return float(metrics.get("best_val_loss", math.inf))
 
 
 @contextlib.contextmanager
-def start_training_run(cfg: Config, tracking_uri: Optional[str] = None) -> Iterator[TrainingReporter]:
-    yield TrainingReporter()
+def start_training_run(
+    cfg: Config,
+    tracking_uri: Optional[str] = None,
+    context: Optional[Mapping[str, Any]] = None,
+    resume_run_id: Optional[str] = None,
+    parent_run_id: Optional[str] = None,
+    run_name: Optional[str] = None,
+    stops: tuple[type[BaseException], ...] = (),
+) -> Iterator[TrainingReporter]:
+    """One MLflow run around a training; yields the reporter to hand to src.train.train.
+
+    `context` holds facts from outside the library (git commit, DVC experiment name, data hash):
+    each is logged as a param; `git_commit` and `dvc_exp_name` also fill MLflow's own commit tag
+    and the run name. None values are left out. `resume_run_id` (the run id in the checkpoint a
+    training resumes from) continues that run when this store has it, so an interrupted and
+    resumed training stays one run; params it already has keep their first values.
+
+    The store is checked before anything else, so a wrong URI fails in seconds, not after
+    training. An exception ends the run FAILED (KILLED for Ctrl-C) with the reason in the tag
+    `failure_reason`; otherwise it ends FINISHED. Exceptions in `stops` (a tuner's pruning) are
+    deliberate early ends: the run ends KILLED with the reason in `stop_reason`.
+
+    `parent_run_id` makes the run a child (a tuning trial under its study's run), passed
+    explicitly because MLflow's active run is per thread and trials may run in threads.
+    """
+    if not cfg.tracking.enabled:
+        yield TrainingReporter()
+        return
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = connect(uri)
+    context = {k: v for k, v in (context or {}).items() if v is not None}
+    experiment_id = _experiment_id(client, uri, cfg.tracking.experiment)
+    run = _store_call(uri, lambda: _reopen(client, resume_run_id, experiment_id)) if resume_run_id else None
+    if run is None:
+        tags = {"mlflow.source.name": "src.tune" if parent_run_id else "pipeline.train", "mlflow.source.type": "LOCAL"}
+        if "git_commit" in context:
+            tags["mlflow.source.git.commit"] = str(context["git_commit"])
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        name = run_name or context.get("dvc_exp_name")
+        run = _store_call(uri, lambda: client.create_run(experiment_id, tags=tags, run_name=name))
+    reporter = MlflowReporter(client, run.info.run_id, experiment_id, cfg, logged_params=run.data.params)
+    try:
+        reporter.log_params({**cfg.flat(), **_versions(), **context})
+        yield reporter
+        reporter.wait()
+    except BaseException as exc:
+        _end_failed(reporter, exc, stopped=isinstance(exc, stops))
+        raise
+    finally:
+        reporter.close()
+    client.set_terminated(reporter.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _reopen(client: MlflowClient, run_id: str, experiment_id: str):
+    """The run `run_id`, RUNNING again; None when it is not a live run of this experiment here."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        return None
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if "failure_reason" in run.data.tags:
+        client.delete_tag(run_id, "failure_reason")
+    client.set_tag(run_id, "resumed", "true")
+    return run
+
+
+def _end_failed(reporter: MlflowReporter, exc: BaseException, stopped: bool = False) -> None:
+    """Keep what was logged before the failure, and say why the run ended.
+
+    Best effort: when the store itself is what failed, the original exception is what matters."""
+    status = RunStatus.KILLED if stopped or isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+    reason = f"{type(exc).__name__}: {exc}"[:5000]
+    for action in (
+        reporter.wait,
+        lambda: reporter.client.set_tag(reporter.run_id, "stop_reason" if stopped else "failure_reason", reason),
+        lambda: reporter.client.set_terminated(reporter.run_id, RunStatus.to_string(status)),
+    ):
+        try:
+            action()
+        except Exception:
+            pass
 
 
 def log_to_run(
@@ -28,5 +337,275 @@ def log_to_run(
     tracking_uri: Optional[str] = None,
     metrics: Optional[Mapping[str, float]] = None,
     artifacts: Optional[list[Path]] = None,
+    tags: Optional[Mapping[str, str]] = None,
+    step: int = 0,
 ) -> None:
-    """Add the evaluate / sample stage's results to the training run that made the checkpoint."""
+    """Add the evaluate / sample stage's results to the training run that made the checkpoint.
+
+    run_id None (trained with tracking off) does nothing."""
+    if run_id is None:
+        return
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = connect(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise KarnnaError(
+                f"MLflow run {run_id} (named in the checkpoint) is not in {uri}; set MLFLOW_TRACKING_URI "
+                "to the store the training logged to, or retrain"
+            ) from None
+        raise _store_error(uri, exc) from None
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, int(step)) for k, v in (metrics or {}).items()],
+        tags=[RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()],
+    )
+    for path in artifacts or []:
+        client.log_artifact(run_id, str(path))
+
+
+STUDY_RUN_ATTR = "mlflow_parent_run_id"
+
+
+def study_run(base: Config, tracking_uri: Optional[str], study: Any, space: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+    """The id of the study's parent run, created on first use and shared by every worker.
+
+    The id is kept as a user attribute of the Optuna study, so workers on other machines (same
+    tracking server) and reruns that resume the study log their trials under the same parent."""
+    if not base.tracking.enabled or tracking_uri is None:
+        return None
+    client = connect(tracking_uri)
+    experiment_id = _experiment_id(client, tracking_uri, base.tracking.experiment)
+    existing = study.user_attrs.get(STUDY_RUN_ATTR)
+    if existing and _reopen(client, existing, experiment_id) is not None:
+        return existing
+    run = _store_call(tracking_uri, lambda: client.create_run(
+        experiment_id,
+        tags={"mlflow.source.name": "src.tune", "mlflow.source.type": "LOCAL", "optuna.study": study.study_name},
+        run_name=f"study-{study.study_name}",
+    ))
+    run_id = run.info.run_id
+    params = {**base.flat(), **{f"tune.{k}": v for k, v in (space or {}).items()}}
+    client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+    # Two workers starting together: the first attribute written wins, the other run is dropped.
+    if study.user_attrs.get(STUDY_RUN_ATTR) in (None, existing):
+        study.set_user_attr(STUDY_RUN_ATTR, run_id)
+    winner = study.user_attrs.get(STUDY_RUN_ATTR, run_id)
+    if winner != run_id:
+        client.delete_run(run_id)
+    return winner
+
+
+def finish_study_run(
+    base: Config,
+    tracking_uri: Optional[str],
+    run_id: Optional[str],
+    metrics: Mapping[str, float],
+    figures: list[Path],
+    files: list[Path],
+) -> None:
+    """The study's summary on its parent run: counts, best value, Optuna's plots, best params."""
+    if not base.tracking.enabled or tracking_uri is None or run_id is None:
+        return
+    client = connect(tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for path in figures:
+        client.log_artifact(run_id, str(path), "optuna")
+    for path in files:
+        if Path(path).is_file():
+            client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[str, Any]) -> None:
+    if tracking_uri is None or run_id is None:
+        return
+    connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri`, after checking that an HTTP server answers at all.
+
+    MLflow's own client retries a refused connection with backoff for minutes; this fails in
+    seconds with the URI in the message."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answered: whatever it said, MLflow's own calls report it precisely
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise KarnnaError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
+                "or set tracking.enabled: false in params.yaml"
+            ) from None
+    elif scheme == "sqlite":
+        db = _sqlite_path(uri)
+        if db is not None and not db.parent.is_dir():
+            raise KarnnaError(f"tracking store {uri}: folder {db.parent} does not exist; create it or fix MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    def get_or_create() -> str:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=_artifact_location(uri))
+            except MlflowException as exc:  # another process created it meanwhile
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage != "active":
+            raise KarnnaError(
+                f"experiment {name!r} is deleted in {uri}; restore it (`mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}`) or set another tracking.experiment"
+            )
+        return experiment.experiment_id
+
+    return _store_call(uri, get_or_create)
+
+
+def _artifact_location(uri: str) -> Optional[str]:
+    """Beside a local SQLite store: <folder of mlflow.db>/mlartifacts, absolute, so that runs from
+    `dvc exp run --temp` copies of the repo put their files in the main repo too. A server keeps
+    its own default (None)."""
+    db = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+    return (db.parent / "mlartifacts").as_uri() if db is not None else None
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""
+    if not path or path == ":memory:":
+        return None
+    return Path(path).resolve()
+
+
+def _store_call(uri: str, fn):
+    try:
+        return fn()
+    except MlflowException as exc:
+        raise _store_error(uri, exc) from None
+
+
+def _store_error(uri: str, exc: MlflowException) -> KarnnaError:
+    first = str(exc.message).strip().splitlines()[0][:300] if str(exc.message).strip() else exc.error_code
+    return KarnnaError(f"tracking store {uri}: {first}; check MLFLOW_TRACKING_URI or set tracking.enabled: false")
+
+
+def _param_value(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _versions() -> dict[str, str]:
+    return {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__, "python_version": platform.python_version()}
+
+
+def _requirements() -> list[str]:
+    # Given, not inferred: inference imports the model in a subprocess (seconds per logging).
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+
+
+def save_loss_figure(train_history, val_history, path: Path) -> None:
+    """Train and validation loss against the step on one PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    if train_history:
+        ax.plot(*zip(*train_history), label="train", linewidth=0.8, alpha=0.8)
+    if val_history:
+        ax.plot(*zip(*val_history), "o-", label="validation", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per character)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=100)
+
+
+# --- the MLflow model ------------------------------------------------------------------------
+
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec("string", "prime"),
+            ColSpec("long", "length", required=False),
+            ColSpec("double", "temperature", required=False),
+            ColSpec("long", "top_k", required=False),
+            ColSpec("long", "seed", required=False),
+        ]
+    ),
+    outputs=Schema([ColSpec("string")]),
+)
+
+
+def _input_example(cfg: Config) -> pd.DataFrame:
+    s = cfg.sample
+    return pd.DataFrame(
+        {"prime": [s.prime], "length": [50], "temperature": [s.temperature], "top_k": [s.top_k], "seed": [s.seed]}
+    )
+
+
+class CharLSTMGenerator(mlflow.pyfunc.PythonModel):
+    """Text generation as an MLflow pyfunc: one row per request, `prime` plus optional `length`,
+    `temperature`, `top_k`, `seed`; -> prime + generated text per row.
+
+    Generation runs the eager LSTM character by character (src.sample.generate): a traced or
+    exported graph would fix the input length."""
+
+    def load_context(self, context) -> None:
+        from src import checkpoint
+
+        self.model, self.vocab, _ = checkpoint.load(Path(context.artifacts["checkpoint"]), "cpu")
+
+    # The DataFrame hint keeps MLflow from inferring a second schema; SIGNATURE is the contract.
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
+        from src.sample import generate
+
+        texts = []
+        for row in _rows(model_input):
+            length = int(_given(row, "length", DEFAULT_LENGTH))
+            if not 1 <= length <= MAX_LENGTH:
+                raise KarnnaError(f"length {length} is out of range; ask for 1 to {MAX_LENGTH} characters")
+            seed = _given(row, "seed", None)
+            (text,) = generate(
+                self.model,
+                self.vocab,
+                str(row["prime"]),
+                length,
+                top_k=int(_given(row, "top_k", 5)),
+                temperature=float(_given(row, "temperature", 1.0)),
+                seed=None if seed is None else int(seed),
+            )
+            texts.append(text)
+        return texts
+
+
+def _rows(model_input) -> list[dict]:
+    if isinstance(model_input, str):
+        model_input = {"prime": model_input}
+    if isinstance(model_input, dict):
+        model_input = [model_input]
+    frame = pd.DataFrame(model_input) if isinstance(model_input, list) else model_input
+    if "prime" not in frame.columns:
+        raise KarnnaError('input has no "prime" column; send e.g. {"dataframe_records": [{"prime": "Far"}]}')
+    rows = []
+    for row in frame.to_dict("records"):
+        # MLflow turns {"prime": ["a", "b"]} into one row holding lists: spread it out again.
+        if isinstance(row["prime"], (list, tuple, np.ndarray)):
+            rows.extend(pd.DataFrame(row).to_dict("records"))
+        else:
+            rows.append(row)
+    return rows
+
+
+def _given(row: dict, key: str, default):
+    """row[key], unless absent or a missing value in a column other rows filled."""
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return default
+    return value

@@ -1,0 +1,466 @@
+"""MLflow tracking against real stores: SQLite files in tmp_path, a real `mlflow server` and a real
+`mlflow models serve`, each on a free loopback port. conftest's tiny model on a few KB of text
+keeps each training to a second or two."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from src import checkpoint, data, tracking
+from src.config import config_from_dict
+from src.errors import KarnnaError
+from src.report import Reporter
+from src.sample import generate
+from src.train import TrainPaths, plan_resume, train
+from src.vocab import build_vocab
+from tests.conftest import TINY_TEXT, sh, tiny_params, write_params
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+# conftest's tiny model, with tracking on; one thread leaves the other core to the servers.
+TRACKED = {
+    "train": {"max_steps": 20, "num_threads": 1},
+    "sample": {"prime": "Happy"},
+    "tracking": {"enabled": True, "log_every": 2},
+}
+CONTEXT = {"git_commit": "0123abcd", "dvc_exp_name": "tiny-exp", "data_hash": "feedbeef"}
+
+
+def tiny_config(**sections):
+    params = tiny_params(**TRACKED)
+    for section, values in sections.items():
+        params[section].update(values)
+    return config_from_dict(params)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    vocab = build_vocab(TINY_TEXT, "lf")
+    vocab.save(folder / "vocab.json")
+    split = data.split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
+    return vocab, split.train, split.val, folder / "vocab.json"
+
+
+def run_training(cfg, uri, corpus, workdir: Path, context=CONTEXT):
+    """What the train stage does, into `workdir`: -> (run id, TrainResult, Registration)."""
+    vocab, train_ids, val_ids, vocab_file = corpus
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = TrainPaths(best=workdir / "best.pt", last=workdir / "last.pt")
+    params_file = workdir / "params.yaml"
+    params_file.write_text("model:\n  lstm_size: 32\n")
+    with tracking.start_training_run(cfg, uri, context) as reporter:
+        result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, progress=False, log=lambda _: None)
+        registration = reporter.finish_training(
+            result, best=paths.best, last=paths.last, vocab=vocab_file, params_file=params_file
+        )
+    return reporter.run_id, result, registration
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds)."""
+    folder = tmp_path_factory.mktemp("store")
+    return f"sqlite:///{folder / 'mlflow.db'}", folder
+
+
+@pytest.fixture(scope="module")
+def trained(store, corpus, tmp_path_factory):
+    """One training run in the module's store, registered as tiny-model@champion."""
+    uri, _ = store
+    cfg = tiny_config(tracking={"model_name": "tiny-model"})
+    run_id, result, registration = run_training(cfg, uri, corpus, tmp_path_factory.mktemp("run"))
+    return run_id, result, registration
+
+
+def client_for(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def start_server(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    # A session of its own, so teardown can stop the server's worker processes too.
+    with log.open("w") as out:
+        return subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
+            start_new_session=True,
+        )
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """The whole process group, even when the server's own process has already exited."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# --- a run in a SQLite store ------------------------------------------------------------------
+
+
+def test_training_run_records_params_metrics_and_artifacts(store, corpus, trained, tmp_path):
+    uri, folder = store
+    run_id, result, registration = trained
+    client = client_for(uri)
+    run = client.get_run(run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny-exp"
+    assert run.info.artifact_uri.startswith((folder / "mlartifacts").as_uri())
+    cfg = tiny_config(tracking={"model_name": "tiny-model"})
+    params = run.data.params
+    for key, value in cfg.flat().items():
+        assert params[key] == ("null" if value is None else str(value)), key
+    assert params["git_commit"] == "0123abcd" and params["data_hash"] == "feedbeef"
+    assert params["n_params"] == str(result.n_params) and params["vocab_size"] == str(corpus[0].size)
+    assert {"train_chars", "val_chars", "params_per_char", "device", "torch_version", "mlflow_version"} <= set(params)
+    assert run.data.tags["mlflow.source.git.commit"] == "0123abcd"
+
+    def history(key):
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+    assert [s for s, _ in history("train_loss")] == list(range(2, 21, 2))  # every tracking.log_every
+    assert [s for s, _ in history("val_loss")] == [s for s, _ in result.val_history] == [10, 20]
+    assert [v for _, v in history("val_loss")] == pytest.approx([v for _, v in result.val_history])
+    assert [s for s, _ in history("val_bpc")] == [10, 20]
+    for key in ("lr", "grad_norm", "chars_per_sec"):
+        assert history(key), key
+    assert run.data.metrics["best_val_loss"] == pytest.approx(result.best_val_loss)
+    assert run.data.metrics["n_params"] == result.n_params
+
+    def listing(path=None):
+        return {a.path for a in client.list_artifacts(run_id, path)}
+
+    assert {"checkpoints", "vocab.json", "loss_curve.png", "params.yaml"} <= listing()
+    assert listing("checkpoints") == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    png = Path(client.download_artifacts(run_id, "loss_curve.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = Path(client.download_artifacts(run_id, "checkpoints/best.pt", str(tmp_path)))
+    assert checkpoint.load_payload(best)["run_id"] == run_id  # what evaluate and sample follow
+
+    assert [o.step for o in run.outputs.model_outputs] == [result.best_step]
+    version = client.get_model_version("tiny-model", registration.version)
+    assert version.run_id == run_id and registration.champion
+
+
+def test_evaluate_and_sample_results_join_the_training_run(store, trained, tmp_path):
+    uri, _ = store
+    run_id, result, _ = trained
+    report = tmp_path / "eval.json"
+    report.write_text('{"val": {"loss": 2.5}}\n')
+    tracking.log_to_run(run_id, uri, metrics={"eval_val_loss": 2.5}, artifacts=[report], tags={"sample": "Far"}, step=7)
+    run = client_for(uri).get_run(run_id)
+    assert run.data.metrics["eval_val_loss"] == 2.5
+    assert run.data.tags["sample"] == "Far"
+    assert "eval.json" in {a.path for a in client_for(uri).list_artifacts(run_id)}
+    tracking.log_to_run(None, uri, metrics={"ignored": 1.0})  # trained with tracking off: nothing
+
+
+def test_log_to_a_run_the_store_lacks_is_a_clear_error(store):
+    uri, _ = store
+    with pytest.raises(KarnnaError, match="not in .*MLFLOW_TRACKING_URI"):
+        tracking.log_to_run("0" * 32, uri, metrics={"x": 1.0})
+
+
+def test_metrics_are_buffered_until_flush(store):
+    uri, _ = store
+    client = client_for(uri)
+    with tracking.start_training_run(tiny_config(), uri) as reporter:
+        reporter.log_metrics({"train_loss": 3.0}, step=1)
+        reporter.log_metrics({"train_loss": 2.0}, step=2)
+        assert client.get_metric_history(reporter.run_id, "train_loss") == []
+        reporter.flush()
+        reporter.wait()  # flush() hands the batch to the sender thread; this waits for the store
+        assert [m.value for m in client.get_metric_history(reporter.run_id, "train_loss")] == [3.0, 2.0]
+        reporter.log_metrics({"train_loss": 1.0}, step=3)
+    # leaving the run sends what is still waiting, and stops the sender thread
+    assert len(client.get_metric_history(reporter.run_id, "train_loss")) == 3
+    assert not [t for t in threading.enumerate() if t.name.startswith("mlflow-send")]
+
+
+def test_an_exception_ends_the_run_failed_with_the_reason(store):
+    uri, _ = store
+    with pytest.raises(KarnnaError):
+        with tracking.start_training_run(tiny_config(), uri) as reporter:
+            reporter.log_metrics({"train_loss": 3.0}, step=1)
+            raise KarnnaError("training loss is nan at step 1")
+    run = client_for(uri).get_run(reporter.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "KarnnaError: training loss is nan at step 1"
+    assert run.data.metrics["train_loss"] == 3.0  # logged before the failure, kept
+
+
+def test_a_resumed_training_continues_its_run(store):
+    uri, _ = store
+    client = client_for(uri)
+    with pytest.raises(KarnnaError):
+        with tracking.start_training_run(tiny_config(), uri, CONTEXT) as first:
+            first.log_params({"n_params": 10})
+            first.log_metrics({"train_loss": 3.0}, step=1)
+            raise KarnnaError("interrupted")
+    # log_interval may change across a resume; the run keeps the value it started with
+    changed = tiny_config(train={"log_interval": 7})
+    context = {**CONTEXT, "git_commit": "fedcba98"}
+    with tracking.start_training_run(changed, uri, context, resume_run_id=first.run_id) as second:
+        second.log_params({"n_params": 10})
+        second.log_metrics({"train_loss": 2.0}, step=2)
+    assert second.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+    assert run.data.params["train.log_interval"] == "5" and run.data.params["git_commit"] == "0123abcd"
+    assert [m.value for m in client.get_metric_history(first.run_id, "train_loss")] == [3.0, 2.0]
+    # a run id this store does not have (another store, deleted): a new run
+    with tracking.start_training_run(tiny_config(), uri, resume_run_id="0" * 32) as third:
+        pass
+    assert third.run_id != first.run_id
+
+
+class CrashAt(Reporter):
+    """Passes everything on to `inner`, and fails like a power cut once the loop reaches `step`."""
+
+    def __init__(self, inner: Reporter, step: int):
+        self.inner, self.step, self.run_id = inner, step, inner.run_id
+
+    def log_params(self, params):
+        self.inner.log_params(params)
+
+    def log_metrics(self, metrics, step):
+        self.inner.log_metrics(metrics, step)
+        if step >= self.step:
+            raise RuntimeError("power cut")
+
+    def flush(self):
+        self.inner.flush()
+
+
+def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, tmp_path):
+    uri, _ = store
+    vocab, train_ids, val_ids, _ = corpus
+    cfg = tiny_config(train={"checkpoint_interval": 5}, tracking={"model_name": "resume-model"})
+    paths = TrainPaths(best=tmp_path / "best.pt", last=tmp_path / "last.pt")
+    with pytest.raises(RuntimeError):
+        with tracking.start_training_run(cfg, uri) as reporter:
+            train(cfg, vocab, train_ids, val_ids, paths, reporter=CrashAt(reporter, 12), progress=False, log=lambda _: None)
+    resume = plan_resume(cfg, train_ids, val_ids, paths, log=lambda _: None)
+    assert resume is not None and resume["run_id"] == reporter.run_id
+    with tracking.start_training_run(cfg, uri, resume_run_id=resume["run_id"]) as again:
+        result = train(cfg, vocab, train_ids, val_ids, paths, reporter=again, resume=resume, progress=False, log=lambda _: None)
+    assert again.run_id == reporter.run_id and 0 < result.resumed_from < 20
+    client = client_for(uri)
+    assert client.get_run(again.run_id).info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(again.run_id, "val_loss")}) == [10, 20]
+    assert {m.step for m in client.get_metric_history(again.run_id, "train_loss")} == set(range(2, 21, 2))
+    assert checkpoint.load_payload(paths.best)["run_id"] == again.run_id
+
+
+def test_tracking_off_trains_and_records_nothing(corpus, tmp_path):
+    db = tmp_path / "mlflow.db"
+    cfg = tiny_config(tracking={"enabled": False})
+    run_id, result, registration = run_training(cfg, f"sqlite:///{db}", corpus, tmp_path / "run")
+    assert run_id is None and registration is None
+    assert result.steps == 20
+    assert checkpoint.load_payload(tmp_path / "run" / "best.pt")["run_id"] is None
+    assert not db.exists()
+
+
+def test_a_run_leaves_no_store_in_the_working_directory(store, corpus, tmp_path, monkeypatch):
+    # MLflow falls back to ./mlflow.db wherever the process-wide tracking URI is consulted.
+    uri, _ = store
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_training(tiny_config(tracking={"model_name": "cwd-model"}), uri, corpus, tmp_path / "run")
+    assert list(cwd.iterdir()) == []
+
+
+def test_unreachable_server_is_a_clear_error_before_training(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(KarnnaError, match=f"{uri} is unreachable"):
+        with tracking.start_training_run(tiny_config(), uri):
+            pytest.fail("training started")
+    assert time.monotonic() - start < 10
+    with pytest.raises(KarnnaError, match="does not exist"):
+        with tracking.start_training_run(tiny_config(), f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"):
+            pytest.fail("training started")
+
+
+# --- the registered model ---------------------------------------------------------------------
+
+
+def test_champion_moves_only_on_improvement(store, corpus, tmp_path):
+    uri, _ = store
+    client = client_for(uri)
+    name = "champion-test"
+    best = None
+    # 20 steps, then 4 (worse), then 60 (better): the alias follows the lowest best_val_loss.
+    for i, steps in enumerate((20, 4, 60)):
+        cfg = tiny_config(train={"max_steps": steps, "eval_interval": min(steps, 10)}, tracking={"model_name": name})
+        _, result, registration = run_training(cfg, uri, corpus, tmp_path / f"run{i}")
+        improved = best is None or result.best_val_loss < best[0]
+        assert registration.champion == improved
+        assert registration.previous_best == (None if best is None else pytest.approx(best[0]))
+        if improved:
+            best = (result.best_val_loss, registration.version)
+        assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": best[1]}
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == 3
+
+
+def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
+    uri, _ = store
+    run_id, _, _ = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model("models:/tiny-model@champion")
+    assert model.metadata.run_id == run_id
+    texts = model.predict({"prime": ["Happy", "The wife"], "length": [30, 10], "seed": [7, 7]})
+    assert [len(t) for t in texts] == [35, 18]
+    assert texts[0].startswith("Happy") and texts[1].startswith("The wife")
+    # the same characters as src.sample from the run's checkpoint with the same settings
+    ckpt = Path(MlflowClient(uri).download_artifacts(run_id, "checkpoints/best.pt"))
+    lstm, vocab, _ = checkpoint.load(ckpt)
+    assert texts[0] == generate(lstm, vocab, "Happy", 30, top_k=5, temperature=1.0, seed=7)[0]
+    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + tracking.DEFAULT_LENGTH
+    assert model.predict([{"prime": "Far", "length": 5, "seed": 1}]) == model.predict({"prime": "Far", "length": 5, "seed": 1})
+    assert model.metadata.get_input_schema().input_names() == ["prime", "length", "temperature", "top_k", "seed"]
+
+
+# --- real servers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = start_server(
+        [
+            MLFLOW, "server",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server-artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        log,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        yield f"http://127.0.0.1:{port}", tmp_path
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.slow
+def test_logs_to_a_tracking_server_over_http(mlflow_server, corpus):
+    uri, folder = mlflow_server
+    cfg = tiny_config(tracking={"model_name": "http-model"})
+    run_id, result, registration = run_training(cfg, uri, corpus, folder / "run")
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.lstm_size"] == str(cfg.model.lstm_size)
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [10, 20]
+    assert {"checkpoints", "loss_curve.png", "vocab.json"} <= {a.path for a in client.list_artifacts(run_id)}
+    assert any((folder / "server-artifacts").rglob("best.pt"))  # the server stored the files
+    assert registration.champion
+    assert {k: str(v) for k, v in client.get_registered_model("http-model").aliases.items()} == {
+        "champion": registration.version
+    }
+    tracking.log_to_run(run_id, uri, metrics={"eval_val_loss": 1.5})
+    assert client.get_run(run_id).data.metrics["eval_val_loss"] == 1.5
+
+
+@pytest.mark.slow
+def test_models_serve_answers_invocations(store, trained, tmp_path):
+    uri, _ = store
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = start_server(
+        [
+            MLFLOW, "models", "serve", "-m", "models:/tiny-model@champion", "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", str(port), "-w", "1",
+        ],
+        log,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log)
+        body = json.dumps({"dataframe_records": [{"prime": "Happy", "length": 40, "seed": 3}]}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    finally:
+        stop_server(proc)
+    (text,) = answer["predictions"]
+    assert text.startswith("Happy") and len(text) == 45
+
+
+@pytest.mark.slow
+def test_the_stages_log_one_run_into_the_repo_store(stage_repo, monkeypatch):
+    """train, evaluate and sample as `dvc repro` runs them, with the default store: mlflow.db
+    at the repo root, artifacts beside it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    write_params(stage_repo, params)
+    # torch's default of one thread per core crawls when another process holds a core
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for name in ("corpus", "encode", "split", "train", "evaluate", "sample"):
+        sh(stage_repo, sys.executable, "-m", f"pipeline.{name}")
+
+    client = client_for(f"sqlite:///{stage_repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+    assert experiment.artifact_location == (stage_repo / "mlartifacts").as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert len(run.data.params["data_hash"]) == 64
+    assert {"best_val_loss", "eval_val_loss", "eval_val_bpc"} <= set(run.data.metrics)
+    assert run.data.tags["sample"] == (stage_repo / "samples" / "sample.txt").read_text().rstrip("\n")[:500]
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"params.yaml", "history", "loss_curve.png", "eval.json", "sample.txt"} <= files
+    assert {k: str(v) for k, v in client.get_registered_model(params["tracking"]["model_name"]).aliases.items()} == {
+        "champion": "1"
+    }
