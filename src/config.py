@@ -192,8 +192,71 @@ class Config:
         }
 
 
+@dataclass
+class TuneConfig:
+    """The search of `python -m src.tune`; the rest of params.yaml is the fixed base.
+
+    Each dimension is named by the params.yaml key it sets (lstm_size sets model.lstm_size).
+    """
+
+    study_name: str = "karnna"
+    # None: an Optuna journal file tune/journal.log, safe for several processes on one machine.
+    storage: Optional[str] = None
+    n_trials: int = 20
+    # Every trial trains on this many characters (so seq_len in the space does not change it).
+    budget_chars: int = 1_000_000
+    evals_per_trial: int = 5
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    lstm_size: list[int] = field(default_factory=lambda: [128, 256, 384, 512])
+    num_layers: list[int] = field(default_factory=lambda: [2, 3])
+    # [low, high): sampled uniformly.
+    dropout: list[float] = field(default_factory=lambda: [0.0, 0.8])
+    # [low, high], log scale; None: train.lr from the base.
+    lr: Optional[list[float]] = None
+    # Choices; None: train.seq_len from the base.
+    seq_len: Optional[list[int]] = None
+    # Skip configurations with more parameters per training character (Karpathy: they overfit).
+    max_params_per_char: Optional[float] = None
+    # Start the study with the seed notebook's configuration, to show how far the search got past it.
+    enqueue_seed: bool = True
+    seed: int = 1234
+
+    def validate(self, where: str) -> None:
+        for key in ("n_trials", "budget_chars", "evals_per_trial"):
+            if getattr(self, key) < 1:
+                raise _range(where, key, getattr(self, key), "a positive integer")
+        if any(v < 1 for v in self.lstm_size):
+            raise _range(where, "lstm_size", self.lstm_size, "positive integers")
+        if any(v < 1 for v in self.num_layers):
+            raise _range(where, "num_layers", self.num_layers, "positive integers, e.g. [2, 3]")
+        if len(self.dropout) != 2 or not 0.0 <= self.dropout[0] < self.dropout[1] < 1.0:
+            raise _range(where, "dropout", self.dropout, "[low, high] with 0 <= low < high < 1")
+        if self.lr is not None and (len(self.lr) != 2 or not 0 < self.lr[0] < self.lr[1]):
+            raise _range(where, "lr", self.lr, "[low, high] with 0 < low < high, e.g. [1.0e-3, 1.0e-2]")
+        if self.seq_len is not None and any(v < 1 for v in self.seq_len):
+            raise _range(where, "seq_len", self.seq_len, "positive integers")
+        if self.max_params_per_char is not None and self.max_params_per_char <= 0:
+            raise _range(where, "max_params_per_char", self.max_params_per_char, "a positive number or null")
+
+
 # Sections that may be present in params.yaml but are read by other tools (e.g. src.tune).
 FOREIGN_SECTIONS = ("tune",)
+
+
+def tune_config_from_dict(raw: Any, source: str = "params.yaml") -> TuneConfig:
+    section = raw.get("tune") if isinstance(raw, dict) else None
+    return section_from_dict(TuneConfig, section, f"{source}: tune")
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overrides") -> Config:
+    """A new, validated Config with dotted keys replaced, e.g. {"model.lstm_size": 256}."""
+    raw = dataclasses.asdict(cfg)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in raw or name not in raw[section]:
+            raise KarnnaError(f"{source}: unknown parameter {key!r}")
+        raw[section][name] = value
+    return config_from_dict(raw, source)
 
 
 def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
@@ -246,6 +309,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             choices = " | ".join(repr(a) for a in args)
             raise KarnnaError(f"{where}: {value!r} is not one of {choices}")
         return value
+    if origin is list:
+        (inner,) = args
+        if not isinstance(value, list) or not value:
+            raise KarnnaError(f"{where}: expected a non-empty list, e.g. [128, 256], got {_kind(value)} {value!r}")
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
         if not isinstance(value, bool):
             raise KarnnaError(f"{where}: expected true or false, got {_kind(value)} {value!r}")

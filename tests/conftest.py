@@ -16,6 +16,12 @@ from src import data
 from src.config import config_from_dict
 from src.vocab import build_vocab
 
+import torch
+
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
+# spin-waiting on each other slow them down by 10-100x. Subprocesses get the same via _env().
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO.parent / "shared" / "data" / "anna.txt"
 
@@ -76,6 +82,7 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
     return env
 
 

@@ -58,6 +58,16 @@ def test_repro_end_to_end(repo):
     shown = sh(repo, "dvc", "metrics", "show", "--json").stdout
     assert "best_val_loss" in shown and "perplexity" in shown
 
+    # dvc exp run -S on a committed baseline, then the usual comparisons.
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    exp = sh(repo, "dvc", "exp", "run", "-S", "sample.length=60", "-n", "short-sample")
+    assert ran_stages(exp.stdout) == ["sample"]
+    exps = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    assert "short-sample" in json.dumps(exps)
+    assert "sample.length" in sh(repo, "dvc", "params", "diff").stdout
+    sh(repo, "dvc", "metrics", "diff")
+
 
 def _stage(repo: Path, name: str) -> subprocess.CompletedProcess:
     return sh(repo, sys.executable, "-m", f"pipeline.{name}", check=False)
