@@ -145,11 +145,13 @@ class TrialReporter(Reporter):
         # Reported by evaluation number, not training step: trials with another seq_len take
         # other step counts for the same budget, and the pruner compares equal steps.
         self.evals = 0
+        self.last_step = 0
 
     def log_params(self, params):
         self.inner.log_params(params)
 
     def log_metrics(self, metrics, step):
+        self.last_step = max(self.last_step, step)
         self.inner.log_metrics(metrics, step)
         if "val_loss" in metrics:
             self.evals += 1
@@ -206,6 +208,8 @@ def objective_for(
                 inner.log_metrics({"best_val_loss": result.best_val_loss, "n_params": n_params}, result.steps)
         except optuna.TrialPruned:
             tracking.set_tags(tracking_uri, run_id, {"optuna.state": "PRUNED"})
+            if "skipped" not in trial.user_attrs:
+                trial.set_user_attr("steps_trained", reporter.last_step)
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc)[:500]}")
@@ -213,6 +217,7 @@ def objective_for(
             log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
             raise
         tracking.set_tags(tracking_uri, run_id, {"optuna.state": "COMPLETE"})
+        trial.set_user_attr("steps_trained", result.steps)
         return result.best_val_loss
 
     return objective
@@ -243,8 +248,8 @@ def run_study(
         # skip_if_exists keeps a second worker starting at the same moment from enqueuing it again.
         study.enqueue_trial(seed_trial(space), user_attrs={"seed_recipe": True}, skip_if_exists=True)
     parent_run_id = tracking.study_run(base, tracking_uri, study, space=dataclasses.asdict(space))
-    before = len(study.trials)
-    log(f"study {space.study_name!r}: {before} trials so far; running {n_trials or 'unlimited'} more"
+    before = sum(t.state.is_finished() for t in study.trials)
+    log(f"study {space.study_name!r}: {before} trials finished so far; running {n_trials or 'unlimited'} more"
         + (f" for up to {timeout:.0f} s" if timeout else ""))
 
     bar = tqdm(total=n_trials, disable=not progress, unit="trial", dynamic_ncols=True)

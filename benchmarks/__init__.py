@@ -1,0 +1,1 @@
+"""Measurements of the pipeline's speed; each module runs as `python -m benchmarks.<name>`."""
