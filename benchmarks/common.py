@@ -1,0 +1,113 @@
+"""What the speed benchmarks share: the novel, the machine's description, timing and tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from src import corpus, data
+from src.device import cpu_has_fast_bf16
+from src.vocab import Vocab, build_vocab
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_CORPUS = REPO / "data" / "corpus.txt"
+
+
+def novel_path() -> Optional[Path]:
+    """The novel beside the checkout, else the corpus stage's copy, else None."""
+    path = corpus.locate(None, REPO) or PIPELINE_CORPUS
+    return path if path.is_file() else None
+
+
+def read_novel() -> str:
+    """The novel with LF newlines, as the encode stage reads it (data.newline: lf)."""
+    path = novel_path()
+    if path is None:
+        sys.exit(
+            f"no corpus: neither {REPO / corpus.SHARED_CORPUS} nor {PIPELINE_CORPUS} exists; "
+            "run `dvc repro corpus` first"
+        )
+    return corpus.normalise_newlines(corpus.decode_utf8(path.read_bytes(), str(path)), "lf")
+
+
+def novel_split() -> tuple[Vocab, np.ndarray, np.ndarray]:
+    """vocab, train ids, val ids: the pipeline's default split (the last 10% is validation)."""
+    text = read_novel()
+    vocab = build_vocab(text, "lf")
+    split = data.split_ids(vocab.encode(text), 0.1, 0.0)
+    return vocab, split.train, split.val
+
+
+def machine(threads: Optional[int] = None) -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "bf16 dot-product instructions" if cpu_has_fast_bf16() else "no fast bf16"
+    threads_text = "" if threads is None else f"{threads} torch thread(s), "
+    return (
+        f"{date.today().isoformat()}, {name} ({os.cpu_count()} cores, {bf16}), torch {torch.__version__}, "
+        f"{threads_text}Python {platform.python_version()}"
+    )
+
+
+def threads_arg(value: str) -> int:
+    """--threads: 0 means torch's default (one per core)."""
+    n = int(value)
+    return n or torch.get_num_threads()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_each(fn: Callable[[], object], n: int) -> list[float]:
+    """Seconds of each of n calls."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table, ready to paste into docs/BENCHMARKS.md."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_rate(x: float) -> str:
+    """Characters (or FLOPs) per second, short: 12.3k, 1.25M, 321G."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def write_json(path: Optional[Path], payload: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")

@@ -1,0 +1,158 @@
+"""Sampling speed: src.sample.generate against the seed's per-character loop, side by side.
+
+    python -m benchmarks.sample_speed [--rounds 5] [--length 2000] [--ref-length 200]
+                                      [--batch 128] [--batch-length 200] [--threads 0] [--json PATH]
+
+Both models are 2 x 512 LSTMs over the novel's 83 characters (random weights: the speed does not
+depend on them), top-k 5, prime "Far".
+- reference: benchmarks.reference.seed_sample, batch 1, one nn.LSTM call per character and a
+  numpy argsort for top-k; timed at --threads and at one thread, and the faster of the two is
+  the baseline of every ratio (so that a thread setting that suits the reference badly does not
+  flatter the project); a ratio is the median over rounds of each round's own ratio.
+- project: generate() with one sample, and with --batch samples at once (total characters/s),
+  the latter at --threads and at one thread.
+- the floor: one character's matrix-vector products alone (the stepper's weights, read once),
+  the rate sampling would reach if nothing else cost anything; batch-1 utilisation is against it.
+  Batched utilisation is model FLOP/s against the fp32 matmul peak (benchmarks.peak) at the same
+  thread count, measured in the same rounds.
+Rounds run every variant in a rotating order; figures are medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from benchmarks import peak
+from benchmarks.common import fmt_rate, machine, median, read_novel, table, threads_arg, timed, write_json
+from benchmarks.reference import SeedLSTM, seed_sample
+from src.model import CharLSTM, ModelSpec
+from src.sample import Stepper, generate
+from src.vocab import build_vocab
+
+LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
+
+
+def gemv_floor_seconds(model: CharLSTM, repeats: int = 200) -> float:
+    """Seconds of one character's matrix-vector products, nothing else (one thread)."""
+    step = Stepper(model)
+    mats = [w for w_ih, w_hh, _ in step.layers for w in (w_ih, w_hh)][1:] + [model.head.weight.detach()]
+    vec = torch.randn(1, LSTM_SIZE)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(10):
+                for w in mats:
+                    torch.mm(vec, w.t())
+            start = time.perf_counter()
+            for _ in range(repeats):
+                for w in mats:
+                    torch.mm(vec, w.t())
+            return (time.perf_counter() - start) / repeats
+    finally:
+        torch.set_num_threads(before)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sample_speed", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
+    p.add_argument("--length", type=int, default=2000, help="characters per batch-1 generate() call")
+    p.add_argument("--ref-length", type=int, default=200, help="characters per reference call")
+    p.add_argument("--batch", type=int, default=128, help="samples generated at once (default: %(default)s)")
+    p.add_argument("--batch-length", type=int, default=200, help="characters per sample in the batched call")
+    p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(machine(args.threads))
+    vocab = build_vocab(read_novel(), "lf")
+    torch.manual_seed(0)
+    model = CharLSTM(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
+    reference = SeedLSTM(vocab.size, LSTM_SIZE, NUM_LAYERS, 0.5).eval()
+    char_to_id = {c: i for i, c in enumerate(vocab.chars)}
+    thread_settings = sorted({args.threads, 1}, reverse=True)
+
+    def with_threads(n: int, fn):
+        def run() -> float:
+            torch.set_num_threads(n)
+            try:
+                return timed(fn)
+            finally:
+                torch.set_num_threads(args.threads)
+        return run
+
+    tasks: dict[str, tuple[Any, int]] = {}  # name -> (timed run, characters it makes)
+    for n in thread_settings:
+        tasks[f"reference, batch 1, {n} thread(s)"] = (
+            with_threads(n, lambda: seed_sample(reference, char_to_id, vocab.chars, PRIME, args.ref_length, TOP_K)),
+            args.ref_length,
+        )
+    tasks["project, batch 1"] = (
+        lambda: timed(lambda: generate(model, vocab, PRIME, args.length, TOP_K, seed=1)), args.length)
+    batched = {f"project, batch {args.batch}, {n} thread(s)": n for n in thread_settings}
+    for name, n in batched.items():
+        tasks[name] = (
+            with_threads(n, lambda: generate(model, vocab, PRIME, args.batch_length, TOP_K, seed=1,
+                                             num_samples=args.batch)),
+            args.batch * args.batch_length,
+        )
+    shapes = [peak.Shape(args.batch, LSTM_SIZE, 4 * LSTM_SIZE, "recurrent step of the batch"),
+              peak.Shape(100 * args.batch, LSTM_SIZE, 4 * LSTM_SIZE, "large")]
+    for run, _ in tasks.values():
+        run()  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in tasks}
+    floors: list[float] = []
+    peaks: dict[int, list[float]] = {n: [] for n in thread_settings}
+    names = list(tasks) + ["floor"]
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if name == "floor":
+                floors.append(gemv_floor_seconds(model))
+                for n in thread_settings:
+                    torch.set_num_threads(n)
+                    peaks[n].append(peak.measure(shapes, ["fp32"], 0.4)["fp32"]["peak"])
+                torch.set_num_threads(args.threads)
+            else:
+                run, chars = tasks[name]
+                rates[name].append(chars / run())
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {fmt_rate(v[-1])}" for k, v in rates.items()),
+              flush=True)
+
+    ref_names = [f"reference, batch 1, {n} thread(s)" for n in thread_settings]
+    ref_best = max(median(rates[name]) for name in ref_names)
+    # Each round's ratio against that round's faster reference: load that comes and goes cancels.
+    ref_by_round = [max(rates[name][r] for name in ref_names) for r in range(args.rounds)]
+    floor_rate = 1.0 / median(floors)
+    fp32_peak = {n: median(v) for n, v in peaks.items()}
+    flops = peak.flops_per_char(0, LSTM_SIZE, NUM_LAYERS, vocab.size, training=False)
+    rows, out = [], {}
+    for name in tasks:
+        cps = median(rates[name])
+        if name in batched:
+            top = fp32_peak[batched[name]]
+            util = f"{cps * flops / top * 100:.0f}% of the fp32 peak at its threads, {fmt_rate(top)}FLOP/s"
+        else:
+            util = f"{cps / floor_rate * 100:.0f}% of the GEMV floor {fmt_rate(floor_rate)} chars/s"
+        ratio = median(mine / ref for mine, ref in zip(rates[name], ref_by_round))
+        rows.append([name, fmt_rate(cps), fmt_rate(ref_best), f"{ratio:.1f}x", util])
+        out[name] = {"chars_per_sec": cps, "vs_reference": ratio, "per_round": rates[name]}
+    print()
+    print(table(["sampling", "chars/s", "reference chars/s (best)", "ratio (median of rounds)", "utilisation"], rows))
+    print(f"\nforward FLOPs per generated character: {flops / 1e6:.2f}M (the first layer's input projection "
+          "is a table lookup)")
+    single = out["project, batch 1"]["vs_reference"]
+    many = max(out[name]["vs_reference"] for name in batched)
+    print(f"goals: batch 1 >= 5x: {'met' if single >= 5 else 'not met'} ({single:.1f}x); "
+          f"batch {args.batch} >= 20x: {'met' if many >= 20 else 'not met'} ({many:.1f}x)")
+    write_json(args.json, {"machine": machine(args.threads), "results": out, "gemv_floor_chars_per_sec": floor_rate,
+                           "fp32_peak": fp32_peak, "flops_per_char": flops})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""Training speed on the seed's recipe: the project's training step against the seed's, side by side.
+
+    python -m benchmarks.train_speed [--cycles 8] [--steps 2] [--threads 0] [--quality-steps 30] [--json PATH]
+
+The recipe: 2 x 512 LSTM, dropout 0.5, batches of 100 x 100 characters of the novel.
+- reference: benchmarks.reference (one-hot inputs, fp32, a numpy batch per step, the loss
+  fetched at every step).
+- project: the pieces of src/train.py's loop (CharLSTM with params.yaml's 64-wide embedding,
+  batches as views of one tensor, src.device's autocast, Adam, clipping, the loss kept on the
+  device and fetched every 25 steps), in bf16 autocast and in fp32.
+A cycle runs --steps steps of each, then times the matmul peak (benchmarks.peak: the fastest
+kernel on the fastest of the LSTM's GEMM shapes, picked once at the start), in an order that
+rotates from cycle to cycle: load from other processes hits every variant alike. Reported:
+medians over all timed steps, and the median over cycles of each cycle's ratio and utilisation
+(achieved model FLOP/s over that cycle's peak of the precision used).
+
+Then the quality check: src.train.train() itself, on the whole novel, for --quality-steps
+steps in fp32 and in bf16 from the same seed and in fp32 from the next seed; the validation loss
+(whole validation split) of bf16 is judged against the fp32 seed-to-seed difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks import peak
+from benchmarks.common import fmt_rate, machine, median, novel_split, table, threads_arg, time_each, write_json
+from benchmarks.reference import SeedTrainer
+from src import data
+from src.config import config_from_dict
+from src.device import autocast, resolve_precision
+from src.model import CharLSTM, ModelSpec, detach
+from src.train import TrainPaths, train
+from src.vocab import Vocab
+
+LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN, EMBEDDING = 512, 2, 0.5, 100, 100, 64
+LOG_INTERVAL = 25
+CPU = torch.device("cpu")
+
+
+class ProjectTrainer:
+    """src/train.py's step on the seed recipe, one step at a time so that it can be interleaved."""
+
+    def __init__(self, train_ids: np.ndarray, vocab_size: int, precision: str, device: torch.device = CPU,
+                 batch_size: int = BATCH, seed: int = 1234):
+        torch.manual_seed(seed)
+        self.device, self.batch_size = device, batch_size
+        self.model = CharLSTM(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, DROPOUT)).to(device).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-3)
+        self.amp = resolve_precision(precision, device)
+        self.grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), batch_size)
+        self.batches = self._forever()
+        self.pending: list[torch.Tensor] = []
+
+    def _forever(self):
+        while True:
+            self.hidden = self.model.init_hidden(self.batch_size, self.device)
+            yield from data.windows(self.grid, SEQ_LEN)
+
+    def step(self) -> None:
+        x, y = next(self.batches)
+        with autocast(self.device, self.amp):
+            logits, hidden = self.model(x, self.hidden)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        self.hidden = detach(hidden)
+        self.pending.append(loss.detach())
+        if len(self.pending) == LOG_INTERVAL:
+            torch.stack(self.pending).tolist()
+            self.pending.clear()
+
+    def timed_steps(self, n: int) -> list[float]:
+        return time_each(self.step, n)
+
+
+def pick_peak_kernels(seconds: float) -> dict[str, tuple[str, peak.Shape]]:
+    """The fastest (kernel, shape) of each precision, measured once, to be re-timed every cycle."""
+    shapes = peak.lstm_shapes(BATCH, SEQ_LEN, LSTM_SIZE)
+    result = peak.measure(shapes, ["fp32", "bf16"], seconds)
+    best = {}
+    for precision, r in result.items():
+        kernel, what = max(r["rates"], key=r["rates"].get)
+        best[precision] = (kernel, next(s for s in shapes if s.what == what))
+    return best
+
+
+def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
+    trainers = {
+        "reference": SeedTrainer(train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN),
+        "fp32": ProjectTrainer(train_ids, vocab.size, "fp32"),
+        "bf16": ProjectTrainer(train_ids, vocab.size, "bf16"),
+    }
+    for t in trainers.values():
+        t.timed_steps(2)  # warm-up: oneDNN builds its kernels on first use
+    kernels = pick_peak_kernels(args.peak_seconds * 4)
+    print("peak kernels: " + ", ".join(f"{p} {k} on {s.m}x{s.k}x{s.n}" for p, (k, s) in kernels.items()), flush=True)
+    peak_fns = {p: (peak.KERNELS[k](s, peak.DTYPES[p]), s.flops) for p, (k, s) in kernels.items()}
+    steps: dict[str, list[float]] = {name: [] for name in trainers}
+    cycles: list[dict[str, float]] = []
+    order = list(trainers) + ["peak"]
+    for c in range(args.cycles):
+        cycle = {}
+        for task in order[c % len(order):] + order[: c % len(order)]:
+            if task == "peak":
+                with torch.no_grad():
+                    for p, (fn, flops) in peak_fns.items():
+                        cycle[f"peak {p}"] = peak.gemm_rate(fn, flops, args.peak_seconds)
+            else:
+                rates = [BATCH * SEQ_LEN / t for t in trainers[task].timed_steps(args.steps)]
+                steps[task].extend(rates)
+                cycle[task] = median(rates)
+        cycles.append(cycle)
+        print(f"cycle {c + 1}/{args.cycles}: " + ", ".join(
+            f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s") for k, v in cycle.items()
+        ), flush=True)
+    return {"steps": steps, "cycles": cycles, "peak_kernels": {p: [k, s.what] for p, (k, s) in kernels.items()}}
+
+
+def quality(args, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray) -> list[dict]:
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="karnna-bench-") as tmp:
+        paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
+        for precision, seed in (("fp32", args.seed), ("bf16", args.seed), ("fp32", args.seed + 1)):
+            cfg = config_from_dict({
+                "model": {"embedding_dim": EMBEDDING, "lstm_size": LSTM_SIZE, "num_layers": NUM_LAYERS,
+                          "dropout": DROPOUT},
+                "train": {"batch_size": BATCH, "seq_len": SEQ_LEN, "max_steps": args.quality_steps,
+                          "eval_interval": args.quality_steps, "device": "cpu", "precision": precision,
+                          "num_threads": args.threads, "seed": seed},
+                "tracking": {"enabled": False},
+            })
+            result = train(cfg, vocab, train_ids, val_ids, paths, progress=False, log=lambda _: None)
+            runs.append({"precision": precision, "seed": seed, "val_loss": result.best_val_loss,
+                         "seconds": result.seconds})
+            print(f"quality: {precision} seed {seed}: val loss {result.best_val_loss:.4f} after "
+                  f"{args.quality_steps} steps ({result.seconds:.0f} s)", flush=True)
+    return runs
+
+
+def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
+    v = args.vocab_size
+    flops = {
+        "reference": peak.flops_per_char(v, LSTM_SIZE, NUM_LAYERS, v),
+        "fp32": peak.flops_per_char(EMBEDDING, LSTM_SIZE, NUM_LAYERS, v),
+        "bf16": peak.flops_per_char(EMBEDDING, LSTM_SIZE, NUM_LAYERS, v),
+    }
+    precision = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16"}
+    cycles = thr["cycles"]
+    peaks = {p: median(c[f"peak {p}"] for c in cycles) for p in ("fp32", "bf16")}
+    ref = median(thr["steps"]["reference"])
+    rows, out = [], {}
+    for key, label in (("reference", "reference: seed recipe, fp32, one-hot"), ("fp32", "project, fp32"),
+                       ("bf16", "project, bf16 autocast")):
+        cps = median(thr["steps"][key])
+        ratio = median(c[key] / c["reference"] for c in cycles)
+        util = median(c[key] * flops[key] / c[f"peak {precision[key]}"] for c in cycles)
+        rows.append([label, fmt_rate(cps), fmt_rate(ref), f"{ratio:.2f}x", f"{fmt_rate(cps * flops[key])}FLOP/s",
+                     f"{util * 100:.0f}% (peak {precision[key]} {fmt_rate(peaks[precision[key]])}FLOP/s)"])
+        out[key] = {"chars_per_sec": cps, "vs_reference": ratio, "utilisation": util}
+    print()
+    print(table(["training step", "chars/s", "reference chars/s", "ratio", "model FLOP/s", "utilisation"], rows))
+    bf16_rate = out["bf16"]["chars_per_sec"]
+    print(f"\nratio and utilisation: medians over cycles of each cycle's own figures. FLOPs per character "
+          f"(training, 3x forward): project {flops['bf16'] / 1e6:.2f}M, reference {flops['reference'] / 1e6:.2f}M. "
+          f"At the bf16 rate an epoch ({args.train_chars:,} characters) takes {args.train_chars / bf16_rate / 60:.1f} "
+          f"min, the seed's 20 epochs {20 * args.train_chars / bf16_rate / 3600:.1f} h.")
+    verdict: dict[str, Any] = {}
+    if runs:
+        fp32, bf16, fp32_next = (r["val_loss"] for r in runs)
+        noise = abs(fp32_next - fp32)
+        verdict = {"bf16_minus_fp32": bf16 - fp32, "seed_noise": noise, "holds": bf16 - fp32 <= max(noise, 0.01)}
+        print()
+        print(table(["precision", "seed", f"val loss after {args.quality_steps} steps", "minus fp32, same seed",
+                     "seconds"],
+                    [[r["precision"], r["seed"], f"{r['val_loss']:.4f}", f"{r['val_loss'] - fp32:+.4f}",
+                      f"{r['seconds']:.0f}"] for r in runs]))
+        print(f"\nbf16 - fp32 = {bf16 - fp32:+.4f} nats against a seed-to-seed difference of {noise:.4f}: "
+              + ("the loss holds" if verdict["holds"] else "bf16 is worse than the noise"))
+    goals = {
+        ">= 1.5x reference": out["bf16"]["vs_reference"] >= 1.5,
+        ">= 60% of the bf16 peak": out["bf16"]["utilisation"] >= 0.6,
+        "loss no worse than fp32": verdict.get("holds"),
+    }
+    print("goals: " + "; ".join(f"{k}: {'met' if ok else 'not met' if ok is not None else 'not checked'}"
+                                for k, ok in goals.items()))
+    return {"machine": args.machine, "results": out, "peaks": peaks, "flops_per_char": flops, "cycles": cycles,
+            "peak_kernels": thr["peak_kernels"], "quality": runs, "quality_verdict": verdict, "goals": goals}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.splitlines()[0])
+    p.add_argument("--cycles", type=int, default=8, help="interleaved cycles (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per variant and cycle (default: %(default)s)")
+    p.add_argument("--peak-seconds", type=float, default=0.3, help="matmul timing per precision and cycle")
+    p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
+    p.add_argument("--quality-steps", type=int, default=30, help="steps of the quality check; 0 skips it")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.machine = machine(args.threads)
+    print(args.machine)
+    vocab, train_ids, val_ids = novel_split()
+    args.vocab_size, args.train_chars = vocab.size, len(train_ids)
+    print(f"seed recipe: {NUM_LAYERS}x{LSTM_SIZE} LSTM, dropout {DROPOUT}, batch {BATCH} x {SEQ_LEN}; "
+          f"{args.cycles} cycles of {args.steps} timed steps per variant", flush=True)
+    thr = throughput(args, vocab, train_ids)
+    runs = quality(args, vocab, train_ids, val_ids) if args.quality_steps else []
+    write_json(args.json, report(args, thr, runs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

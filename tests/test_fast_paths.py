@@ -1,0 +1,104 @@
+"""The fast paths compute what the plain ones do: embedding vs one-hot, bf16 vs fp32, the sampling stepper."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.reference import SeedLSTM, get_batches, one_hot
+from src.model import CharLSTM, ModelSpec
+from src.sample import STEPPER_BELOW, Stepper, generate
+from src.vocab import build_vocab
+from tests.conftest import TINY_TEXT
+
+
+def _model(vocab_size=20, layers=2, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return CharLSTM(ModelSpec(vocab_size, 8, 16, layers, dropout))
+
+
+def test_embedding_model_is_the_seeds_one_hot_model():
+    """Same weights (the embedding folded into the first layer), same batch: same loss and gradients."""
+    model = _model()
+    seed = SeedLSTM(20, 16, 2, 0.0)
+    with torch.no_grad():
+        for name, p in seed.lstm.named_parameters():
+            folded = name == "weight_ih_l0"
+            p.copy_(model.lstm.weight_ih_l0 @ model.embed.weight.T if folded else getattr(model.lstm, name))
+        seed.fc.load_state_dict(model.head.state_dict())
+    x, y = next(get_batches(np.random.default_rng(0).integers(0, 20, 400), 4, 10))
+    targets = torch.from_numpy(y.astype(np.int64)).flatten()
+    logits, _ = model(torch.from_numpy(x.astype(np.int64)))
+    seed_logits, _ = seed(one_hot(x, 20), seed.zero_state(4))
+    loss, seed_loss = F.cross_entropy(logits.flatten(0, 1), targets), F.cross_entropy(seed_logits.flatten(0, 1), targets)
+    loss.backward()
+    seed_loss.backward()
+    assert torch.allclose(loss, seed_loss, atol=1e-6)
+    assert torch.allclose(model.lstm.weight_hh_l1.grad, seed.lstm.weight_hh_l1.grad, atol=1e-6)
+    assert torch.allclose(model.head.weight.grad, seed.fc.weight.grad, atol=1e-6)
+
+
+def test_bf16_autocast_loss_and_gradients_follow_fp32():
+    model = _model(vocab_size=30)
+    x = torch.randint(0, 30, (8, 40), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+
+    def loss_and_grad(dtype):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            logits, _ = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    loss32, grad32 = loss_and_grad(None)
+    loss16, grad16 = loss_and_grad(torch.bfloat16)
+    assert abs(loss16 - loss32) < 0.01 * loss32
+    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
+
+
+def test_stepper_gives_the_models_logits_step_by_step():
+    model = _model(layers=3, dropout=0.3).eval()
+    idx = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = model(idx)
+        logits, hidden = model(idx[:, :1])
+        step = Stepper(model)
+        states = step.states(hidden)
+        for t in range(1, idx.size(1)):
+            logits, states = step(idx[:, t], states)
+            assert torch.allclose(logits, full[:, t], atol=1e-5), t
+
+
+def _plain_generate(model, vocab, prime, length, top_k, seed, num_samples):
+    """One full model call per character, as generate() did before its stepper."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        logits, hidden = model(torch.as_tensor(vocab.encode(prime), dtype=torch.long).expand(num_samples, -1))
+        out = []
+        for _ in range(length):
+            top_vals, top_idx = logits[:, -1].topk(top_k, dim=-1)
+            nxt = top_idx.gather(-1, torch.multinomial(torch.softmax(top_vals, -1), 1, generator=gen))
+            out.append(nxt)
+            logits, hidden = model(nxt, hidden)
+    return [prime + vocab.decode(row.tolist()) for row in torch.cat(out, 1)]
+
+
+def test_generate_draws_what_the_plain_loop_draws():
+    vocab = build_vocab(TINY_TEXT, "lf")
+    model = _model(vocab.size).eval()
+    for seed, n in ((3, 1), (4, 5), (5, STEPPER_BELOW)):  # the Stepper, then the model's own call
+        assert generate(model, vocab, "The", 60, top_k=4, seed=seed, num_samples=n) == _plain_generate(
+            model, vocab, "The", 60, 4, seed, n
+        )
+
+
+def test_generate_leaves_the_thread_setting_as_it_was():
+    vocab = build_vocab(TINY_TEXT, "lf")
+    model = _model(vocab.size).eval()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        generate(model, vocab, "The", 5, seed=1)  # a small step: run on one thread, then put back
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
