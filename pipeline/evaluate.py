@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import torch
 
-from pipeline.common import BEST, METRICS, SPLIT_DIR, load_config, stage, tracking_uri
+from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, load_config, stage, tracking_uri
 from src import checkpoint, evaluate, fileio, tracking
 from src.device import resolve_device
+from src.vocab import Vocab
 
 
 @stage
@@ -16,6 +17,7 @@ def main() -> None:
     cfg = load_config()
     device = resolve_device(cfg.train.device)
     model, vocab, payload = checkpoint.load(BEST, device)
+    checkpoint.check_vocab(vocab, Vocab.load(VOCAB), BEST)
     results = {"step": payload["step"]}
     for name in ("val", "test"):
         ids = fileio.read_npy(SPLIT_DIR / f"{name}.npy")

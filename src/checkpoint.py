@@ -70,3 +70,15 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharLSTM, Voca
     if spec.vocab_size != vocab.size:
         raise KarnnaError(f"{path}: model has {spec.vocab_size} outputs but the vocabulary {vocab.size} characters; retrain")
     return model.to(device).eval(), vocab, payload
+
+
+def check_vocab(checkpoint_vocab: Vocab, data_vocab: Vocab, path: Path) -> None:
+    """A model only scores text encoded with its own vocabulary (same characters, same order,
+    same newline policy); ids from another one would be silently wrong."""
+    if checkpoint_vocab != data_vocab:
+        diff = sorted(set(checkpoint_vocab.chars) ^ set(data_vocab.chars))
+        what = f"characters differ: {diff[:8]!r}" if diff else f"newline policy {checkpoint_vocab.newline!r} vs {data_vocab.newline!r}"
+        raise KarnnaError(
+            f"{path}: trained with another vocabulary than data/vocab.json ({what}); "
+            "retrain (`dvc repro train`) or restore the matching data"
+        )

@@ -69,3 +69,12 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path):
         checkpoint.save(path, model, vocab, step=2, extra={"bad": lambda: None})  # not picklable
     assert path.read_bytes() == before
     assert_no_temp_files(tmp_path)
+
+
+def test_checkpoint_from_another_vocabulary_is_refused(tmp_path):
+    model, vocab = _model_and_vocab()
+    checkpoint.check_vocab(vocab, build_vocab("abcdef \n", "lf"), tmp_path / "m.pt")
+    with pytest.raises(KarnnaError, match=r"another vocabulary.*characters differ: \['g'\]"):
+        checkpoint.check_vocab(vocab, build_vocab("abcdefg \n", "lf"), tmp_path / "m.pt")
+    with pytest.raises(KarnnaError, match="newline policy"):
+        checkpoint.check_vocab(vocab, build_vocab("abcdef \n", "keep"), tmp_path / "m.pt")
