@@ -8,6 +8,8 @@ The recipe: 2 x 512 LSTM, dropout 0.5, batches of 100 x 100 characters of the no
 - project: the pieces of src/train.py's loop (CharLSTM with params.yaml's 64-wide embedding,
   batches as views of one tensor, src.device's autocast, Adam, clipping, the loss kept on the
   device and fetched every 25 steps), in bf16 autocast and in fp32.
+src.train's CPU setting keep_freed_memory() is applied to the whole process (--glibc-default
+leaves it off), so the reference runs with it too.
 A cycle runs --steps steps of each, then times the matmul peak (benchmarks.peak: the fastest
 kernel on the fastest of the LSTM's GEMM shapes, picked once at the start), in an order that
 rotates from cycle to cycle: load from other processes hits every variant alike. Reported:
@@ -35,7 +37,7 @@ from benchmarks.common import fmt_rate, machine, median, novel_split, table, thr
 from benchmarks.reference import SeedTrainer
 from src import data
 from src.config import config_from_dict
-from src.device import autocast, resolve_precision
+from src.device import autocast, keep_freed_memory, resolve_precision
 from src.model import CharLSTM, ModelSpec, detach
 from src.train import TrainPaths, train
 from src.vocab import Vocab
@@ -193,7 +195,7 @@ def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
     }
     print("goals: " + "; ".join(f"{k}: {'met' if ok else 'not met' if ok is not None else 'not checked'}"
                                 for k, ok in goals.items()))
-    return {"machine": args.machine, "results": out, "peaks": peaks, "flops_per_char": flops, "cycles": cycles,
+    return {"machine": args.machine, "keep_freed_memory": args.keep_freed_memory, "results": out, "peaks": peaks, "flops_per_char": flops, "cycles": cycles,
             "peak_kernels": thr["peak_kernels"], "quality": runs, "quality_verdict": verdict, "goals": goals}
 
 
@@ -204,12 +206,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--peak-seconds", type=float, default=0.3, help="matmul timing per precision and cycle")
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
     p.add_argument("--quality-steps", type=int, default=30, help="steps of the quality check; 0 skips it")
+    p.add_argument("--glibc-default", action="store_true",
+                   help="leave glibc's malloc at its default instead of src.train's keep_freed_memory()")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.machine = machine(args.threads)
     print(args.machine)
+    # src.train.train() applies this on CPU; it is process-wide, so the reference gets it too.
+    args.keep_freed_memory = False if args.glibc_default else keep_freed_memory()
+    print("glibc malloc: " + ("keeps freed memory (src.train's setting), for the reference too: same process"
+                              if args.keep_freed_memory else "default (returns freed memory; every step faults it in again)"))
     vocab, train_ids, val_ids = novel_split()
     args.vocab_size, args.train_chars = vocab.size, len(train_ids)
     print(f"seed recipe: {NUM_LAYERS}x{LSTM_SIZE} LSTM, dropout {DROPOUT}, batch {BATCH} x {SEQ_LEN}; "

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from src import checkpoint, data, evaluate, fileio
 from src.config import Config
-from src.device import autocast, precision_name, resolve_device, resolve_precision
+from src.device import autocast, keep_freed_memory, precision_name, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.model import CharLSTM, ModelSpec, count_params, detach, sizing_advice
 from src.report import Reporter
@@ -193,6 +193,8 @@ def train(
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     device = resolve_device(t.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     amp = resolve_precision(t.precision, device)
     fileio.remove_stale_temps(paths.last.parent)
 
