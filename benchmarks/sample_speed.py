@@ -11,7 +11,8 @@ depend on them), top-k 5, prime "Far".
   flatter the project); a ratio is the median over rounds of each round's own ratio.
 - project: generate() with one sample, and with --batch samples at once (total characters/s),
   the latter at --threads and at one thread.
-- the floor: one character's matrix-vector products alone (the stepper's weights, read once),
+- the floor: one character's matrix-vector products alone (the stepper's weights, read once, by
+  the faster of torch on one thread and numpy's OpenBLAS),
   the rate sampling would reach if nothing else cost anything; batch-1 utilisation is against it.
   Batched utilisation is model FLOP/s against the fp32 matmul peak (benchmarks.peak) at the same
   thread count, measured in the same rounds.
@@ -38,22 +39,26 @@ LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
 
 
 def gemv_floor_seconds(model: CharLSTM, repeats: int = 200) -> float:
-    """Seconds of one character's matrix-vector products, nothing else (one thread)."""
+    """Seconds of one character's matrix-vector products, nothing else: for each matrix the faster
+    of torch (one thread) and numpy's OpenBLAS (its own threads, as the Stepper calls it)."""
     step = Stepper(model)
-    mats = [w for w_ih, w_hh, _ in step.layers for w in (w_ih, w_hh)][1:] + [model.head.weight.detach()]
+    mats = [w for w_ih, w_hh, _ in step.layers for w in (w_ih, w_hh)][1:] + [model.head.weight.detach().numpy()]
     vec = torch.randn(1, LSTM_SIZE)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+
+    def seconds(fn) -> float:
+        for _ in range(10):
+            fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+
     try:
         with torch.inference_mode():
-            for _ in range(10):
-                for w in mats:
-                    torch.mm(vec, w.t())
-            start = time.perf_counter()
-            for _ in range(repeats):
-                for w in mats:
-                    torch.mm(vec, w.t())
-            return (time.perf_counter() - start) / repeats
+            return sum(min(seconds(lambda: torch.mm(vec, torch.from_numpy(w).t())), seconds(lambda: w @ vec.numpy().T))
+                       for w in mats)
     finally:
         torch.set_num_threads(before)
 

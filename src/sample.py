@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 from src import checkpoint
@@ -28,7 +29,9 @@ class Stepper:
 
     nn.LSTM on CPU goes through oneDNN, which reorders the weights into its own layout on every
     call: for one character that costs milliseconds, over ten times the arithmetic. Here a step
-    is a few matrix-vector products on weights prepared once. The first layer's input is always
+    is a few matrix-vector products on weights prepared once, done by numpy's OpenBLAS: its
+    GEMV read a 2048 x 512 matrix in 25-35 us here against 57-59 us for torch's MKL path (and no
+    slower with another process on a core; docs/BENCHMARKS.md). The first layer's input is always
     one of vocab_size embeddings, so its input projection and both biases become a (vocab, 4H)
     table, looked up per step. Gates in nn.LSTM's order (input, forget, cell, output); no
     dropout, as in eval mode. Build a new Stepper after the weights change.
@@ -41,9 +44,8 @@ class Stepper:
             w_ih, w_hh, b_ih, b_hh = (
                 getattr(lstm, f"{kind}_l{n}").detach() for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             )
-            self.layers.append((w_ih, w_hh, b_ih + b_hh))
-        w_ih0, _, bias0 = self.layers[0]
-        self.table = torch.nn.functional.linear(model.embed.weight.detach(), w_ih0, bias0)
+            self.layers.append((w_ih.numpy(), w_hh.numpy(), b_ih + b_hh))
+        self.table = torch.nn.functional.linear(model.embed.weight.detach(), lstm.weight_ih_l0.detach(), self.layers[0][2])
         self.head = model.head
 
     @staticmethod
@@ -55,8 +57,8 @@ class Stepper:
         """idx (N,) int -> logits (N, vocab_size) of the next character, and the new states."""
         new, x = [], idx
         for n, ((h, c), (w_ih, w_hh, bias)) in enumerate(zip(states, self.layers)):
-            inputs = self.table[x] if n == 0 else torch.addmm(bias, x, w_ih.t())
-            gates = torch.addmm(inputs, h, w_hh.t())
+            inputs = self.table[x] if n == 0 else _times_t(x, w_ih).add_(bias)
+            gates = _times_t(h, w_hh).add_(inputs)
             # One sigmoid over all four gates (the cell gate's share is wasted) and one tanh for the
             # cell gate: at one character a step, each op's fixed cost outweighs its arithmetic.
             i, f, _, o = gates.sigmoid().chunk(4, dim=1)
@@ -65,6 +67,11 @@ class Stepper:
             x = o * c.tanh()
             new.append((x, c))
         return self.head(x), new
+
+
+def _times_t(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
+    """x (N, in) @ w.T for w (out, in), by OpenBLAS; shares memory both ways, no copies."""
+    return torch.from_numpy(x.numpy() @ w.T)
 
 
 class ModelCall:
@@ -125,9 +132,11 @@ def generate(
     return [prime + vocab.decode(row.tolist()) for row in out]
 
 
-# Below this many multiply-adds per step, a second CPU thread costs more in hand-offs than it
+# Below this many multiply-adds per step, a second torch thread costs more in hand-offs than it
 # saves: on 2 cores, 1 and 4 samples of a 2x512 model ran no faster on two threads, and 10-100x
-# slower while another process kept a core busy. Larger batches keep torch's setting.
+# slower while another process kept a core busy. Larger batches keep torch's setting. (The
+# Stepper's products run on numpy's OpenBLAS threads, OPENBLAS_NUM_THREADS, which did not
+# collapse that way.)
 ONE_THREAD_BELOW = 32_000_000
 
 
