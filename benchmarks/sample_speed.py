@@ -22,14 +22,13 @@ Rounds run every variant in a rotating order; figures are medians over rounds.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from benchmarks import peak
-from benchmarks.common import fmt_rate, machine, median, read_novel, table, threads_arg, timed, write_json
+from benchmarks.common import fmt_rate, machine, median, read_novel, table, threads_arg, time_each, timed, write_json
 from benchmarks.reference import SeedLSTM, seed_sample
 from src.model import CharLSTM, ModelSpec
 from src.sample import Stepper, generate
@@ -48,12 +47,8 @@ def gemv_floor_seconds(model: CharLSTM, repeats: int = 200) -> float:
     torch.set_num_threads(1)
 
     def seconds(fn) -> float:
-        for _ in range(10):
-            fn()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - start) / repeats
+        time_each(fn, 10)  # warm-up
+        return median(time_each(fn, repeats))
 
     try:
         with torch.inference_mode():

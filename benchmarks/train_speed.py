@@ -195,8 +195,9 @@ def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
     }
     print("goals: " + "; ".join(f"{k}: {'met' if ok else 'not met' if ok is not None else 'not checked'}"
                                 for k, ok in goals.items()))
-    return {"machine": args.machine, "keep_freed_memory": args.keep_freed_memory, "results": out, "peaks": peaks, "flops_per_char": flops, "cycles": cycles,
-            "peak_kernels": thr["peak_kernels"], "quality": runs, "quality_verdict": verdict, "goals": goals}
+    return {"machine": args.machine, "keep_freed_memory": args.keep_freed_memory, "results": out, "peaks": peaks,
+            "flops_per_char": flops, "cycles": cycles, "peak_kernels": thr["peak_kernels"], "quality": runs,
+            "quality_verdict": verdict, "goals": goals}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

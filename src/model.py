@@ -6,8 +6,8 @@ so all its layers shared weights) and takes the fused cuDNN / oneDNN path.
 Dropout on CPU is drawn here rather than by nn.LSTM / nn.Dropout: ATen's CPU `bernoulli_` falls
 back on non-Intel CPUs to a serial per-element generator (~10 ns an element), which cost 13-20%
 of a training step of the seed recipe (docs/BENCHMARKS.md, "Speed"). `dropout_mask` takes 16
-random bits per element from 64-bit draws instead (4x fewer than fp32 `torch.rand`'s, and a
-vectorised compare): 4-5x faster forward and backward. CUDA keeps its fused dropout.
+random bits per element, four elements per 64-bit draw, and compares them in vectorised code:
+about 4x faster forward and backward. CUDA keeps its fused dropout.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class CharLSTM(nn.Module):
 
         ATen runs a multi-layer CPU LSTM one oneDNN layer at a time anyway, so nothing is lost.
         The weights stay nn.LSTM's own parameters (same state_dict, same cuDNN path on a GPU);
-        tests/test_model.py checks that with p = 0 this gives nn.LSTM's output exactly.
+        tests/test_fast_paths.py checks that with p = 0 this gives nn.LSTM's output exactly.
         """
         h0, c0 = hidden
         hs, cs = [], []
