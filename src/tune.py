@@ -1,7 +1,7 @@
 """Optuna search over Karpathy's knobs: lstm_size, num_layers, dropout (and optionally lr, seq_len).
 
     python -m src.tune --n-trials 30            # or --timeout 3600; rerun to add trials
-    python -m src.tune --n-jobs 2               # threads in one process
+    python -m src.tune --n-jobs 2               # threads in one process, the cores split between them
     python -m src.tune --storage postgresql://user:pw@host/db   # workers on many machines
 
 Every trial trains on the same train/validation split for the same number of characters
@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from src import fileio, tracking
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
+from src.device import configure_process, resolve_device
 from src.errors import KarnnaError
 from src.model import count_params
 from src.report import Reporter
@@ -360,7 +362,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m src.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--n-trials", type=int, help="trials this worker runs (default: tune.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--n-jobs", type=int, default=1, help="trials in parallel threads of this process")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="trials in parallel threads of this process (each draws from its own generators)")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)")
     p.add_argument("--study-name", help="default: tune.study_name")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tune.pruner")
@@ -375,6 +378,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         space = type(space)(**{**space.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
         if args.n_jobs < 1:
             raise KarnnaError(f"--n-jobs is {args.n_jobs}; use 1 or more")
+        # Trials in threads share the process's settings: the cores are split between them.
+        threads = base.train.num_threads or (max(1, (os.cpu_count() or 1) // args.n_jobs) if args.n_jobs > 1 else 0)
+        configure_process(threads, resolve_device(base.train.device))
         for name in ("train.npy", "val.npy"):
             if not (SPLIT_DIR / name).is_file():
                 raise KarnnaError(f"{SPLIT_DIR / name}: missing; run `dvc repro split` first")

@@ -124,8 +124,8 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_d
 
     original = train_module.build_model
 
-    def sometimes_broken(cfg, vocab):
-        model = original(cfg, vocab)
+    def sometimes_broken(cfg, vocab, generator=None):
+        model = original(cfg, vocab, generator)
         if cfg.model.lstm_size == 16:
             model.head.register_forward_hook(lambda m, i, o: o * float("nan"))
         return model
