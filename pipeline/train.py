@@ -17,6 +17,7 @@ from pipeline.common import (
     tracking_uri,
 )
 from src import fileio, tracking
+from src.device import configure_process, resolve_device
 from src.train import TrainPaths, plan_resume, train
 from src.vocab import Vocab
 
@@ -35,6 +36,7 @@ def write_history(result) -> None:
 @stage
 def main() -> None:
     cfg = load_config()
+    configure_process(cfg.train.num_threads, resolve_device(cfg.train.device))
     vocab = Vocab.load(VOCAB)
     train_ids = fileio.read_npy(SPLIT_DIR / "train.npy")
     val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")
@@ -49,7 +51,7 @@ def main() -> None:
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, resume=resume)
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())
-        registration = reporter.finish_training(
+        reporter.finish_training(
             result, best=BEST, last=LAST, vocab=VOCAB, history=PLOTS, params_file=PARAMS
         )
     print(
@@ -57,7 +59,7 @@ def main() -> None:
         f"{result.steps} steps in {result.seconds:.0f} s ({result.chars_per_sec / 1000:.1f}k char/s)"
     )
     if reporter.run_id:
-        print(f"mlflow: run {reporter.run_id} in {uri}; {registration.describe()}")
+        print(f"mlflow: run {reporter.run_id} in {uri}")
 
 
 if __name__ == "__main__":
