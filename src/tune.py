@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import os
 import sys
@@ -249,7 +248,7 @@ def run_study(
     if space.enqueue_seed and not study.trials:
         # skip_if_exists keeps a second worker starting at the same moment from enqueuing it again.
         study.enqueue_trial(seed_trial(space), user_attrs={"seed_recipe": True}, skip_if_exists=True)
-    parent_run_id = tracking.study_run(base, tracking_uri, study, space=dataclasses.asdict(space))
+    parent_run_id = tracking.study_run(base, tracking_uri, study, space=space.model_dump())
     before = sum(t.state.is_finished() for t in study.trials)
     log(f"study {space.study_name!r}: {before} trials finished so far; running {n_trials or 'unlimited'} more"
         + (f" for up to {timeout:.0f} s" if timeout else ""))
@@ -375,7 +374,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         base = config_from_dict(raw, args.params.name)
         space = tune_config_from_dict(raw, args.params.name)
         overrides = {"study_name": args.study_name, "pruner": args.pruner, "storage": args.storage}
-        space = type(space)(**{**space.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+        space = with_overrides(space, {k: v for k, v in overrides.items() if v is not None}, "command line")
         if args.n_jobs < 1:
             raise KarnnaError(f"--n-jobs is {args.n_jobs}; use 1 or more")
         # Trials in threads share the process's settings: the cores are split between them.

@@ -30,7 +30,7 @@ def ran_stages(output: str) -> list[str]:
 @pytest.mark.slow
 def test_repro_end_to_end(repo):
     first = sh(repo, "dvc", "repro")
-    assert ran_stages(first.stdout) == ["corpus", "encode", "split", "train", "evaluate", "sample"]
+    assert sorted(ran_stages(first.stdout)) == sorted(["corpus", "encode", "split", "train", "evaluate", "sample", "register"])
     for path in ("data/vocab.json", "data/encoded.npy", "data/split/train.npy", "models/best.pt",
                  "models/last.pt", "plots/train_loss.csv", "plots/val_loss.csv", "samples/sample.txt"):
         assert (repo / path).is_file(), path
@@ -39,6 +39,7 @@ def test_repro_end_to_end(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["steps"] == 40 and train["n_params"] > 0
     assert (repo / "samples/sample.txt").read_text().startswith("The")
+    assert json.loads((repo / "models/registration.json").read_text())["registered"] is False  # tracking off
     vocab = json.loads((repo / "data/vocab.json").read_text())
     assert vocab["newline"] == "lf" and "\r" not in vocab["chars"]
 
@@ -52,7 +53,15 @@ def test_repro_end_to_end(repo):
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["sample"]
     params["model"]["dropout"] = 0.2
     write_params(repo, params)
-    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["train", "evaluate", "sample"]
+    assert sorted(ran_stages(sh(repo, "dvc", "repro").stdout)) == ["evaluate", "register", "sample", "train"]
+    # Editing the registry (the served model's packaging) re-registers without retraining; editing
+    # the vocabulary code reruns every stage that runs it.
+    with (repo / "src" / "registry.py").open("a") as f:
+        f.write("\n# edited\n")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["register"]
+    with (repo / "src" / "vocab.py").open("a") as f:
+        f.write("\n# edited\n")
+    assert sorted(ran_stages(sh(repo, "dvc", "repro").stdout)) == ["encode", "evaluate", "register", "sample", "train"]
 
     # The metrics and params are what DVC users compare.
     shown = sh(repo, "dvc", "metrics", "show", "--json").stdout
