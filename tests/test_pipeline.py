@@ -134,3 +134,33 @@ def test_text_shorter_than_one_batch(stage_repo, tmp_path):
     proc = _stage(stage_repo, "train")
     assert proc.returncode == 2 and "lower train.batch_size" in proc.stderr
     assert not (stage_repo / "models" / "best.pt").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_in_fp32_whatever_the_training_shape_and_precision(stage_repo):
+    """The evaluate stage's score depends on the weights and evaluate.* only: the same checkpoint
+    scores the same with any train.batch_size, train.seq_len or train.precision, in fp32."""
+    import numpy as np
+    import torch
+
+    from src import checkpoint, evaluate, fileio
+
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["train"].update({"precision": "bf16", "max_steps": 20})
+    write_params(stage_repo, params)
+    for name in ("corpus", "encode", "split", "train", "evaluate"):
+        assert _stage(stage_repo, name).returncode == 0, name
+    first = json.loads((stage_repo / "metrics/eval.json").read_text())
+
+    model, _, _ = checkpoint.load(stage_repo / "models/best.pt")
+    val = torch.from_numpy(fileio.read_npy(stage_repo / "data/split/val.npy").astype(np.int64))
+    rows, chunk = params["evaluate"]["rows"], params["evaluate"]["chunk_len"]
+    fp32 = evaluate.stream_loss(model, val, rows, chunk)
+    bf16 = evaluate.stream_loss(model, val, rows, chunk, torch.bfloat16)
+    assert first["val"]["loss"] == fp32 != bf16
+
+    for changes in ({"batch_size": 3, "seq_len": 7}, {"precision": "fp32"}, {"precision": "auto", "batch_size": 64}):
+        params["train"].update(changes)
+        write_params(stage_repo, params)
+        assert _stage(stage_repo, "evaluate").returncode == 0
+        assert json.loads((stage_repo / "metrics/eval.json").read_text()) == first, changes
