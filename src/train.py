@@ -5,10 +5,14 @@ them; it is reset at each epoch start. Loss values stay on the device and are fe
 log_interval steps, so the loop does not wait for the device at every step.
 
 Every checkpoint_interval steps models/last.pt receives everything the next step depends on:
-weights, optimizer and schedule, every random generator, the position in the data, the hidden
-state carried between batches, the best validation loss and the histories. A run killed at any
-moment and started again continues from there and ends with the same numbers (on CPU) as a
+weights, optimizer and schedule, the training's dropout generator, the position in the data, the
+hidden state carried between batches, the best validation loss and the histories. A run killed at
+any moment and started again continues from there and ends with the same numbers (on CPU) as a
 run that was never interrupted.
+
+A training draws nothing from the process-wide random generators and sets no process-wide
+option (threads, malloc: the entry points' job), so trainings in threads side by side give the
+numbers each gives alone.
 """
 
 from __future__ import annotations
