@@ -54,6 +54,9 @@ class TimedReporter(Reporter):
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         self._timed(self.inner.log_artifact, path, artifact_path)
 
+    def on_eval(self, step: int, val_loss: float) -> None:
+        self._timed(self.inner.on_eval, step, val_loss)
+
     def flush(self) -> None:
         self._timed(self.inner.flush)
 

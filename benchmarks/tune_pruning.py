@@ -65,8 +65,8 @@ def main() -> None:
     m, n = results["median"], results["none"]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{args.trials} trials, {args.budget_chars:,} training characters each, {args.evals} evaluations per trial\n")
-    print(f"| study | pruned trials | characters trained | seconds | best val loss | seed recipe (trial 0) |")
-    print(f"|---|---|---|---|---|---|")
+    print("| study | pruned trials | characters trained | seconds | best val loss | seed recipe (trial 0) |")
+    print("|---|---|---|---|---|---|")
     for name, r in (("median pruner", m), ("no pruner", n)):
         print(f"| {name} | {r['pruned']} | {r['chars']:,} | {r['seconds']:.0f} | {r['best']:.4f} | {r['seed']:.4f} |")
     print(f"\ncompute saved by pruning: {1 - m['chars'] / n['chars']:.0%} of training characters, "

@@ -18,7 +18,8 @@ from pipeline.common import (
 )
 from src import fileio, tracking
 from src.device import configure_process, resolve_device
-from src.train import TrainPaths, plan_resume, train
+from src.train import TrainPaths, train
+from src.train_state import plan_resume
 from src.vocab import Vocab
 
 

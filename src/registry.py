@@ -1,4 +1,4 @@
-"""The model registry: the served MLflow model, its registration, and the champion alias.
+"""The model registry: packaging the served MLflow model, registering it, the champion alias.
 
 Used by the register stage, after evaluate, so that editing this module (or the sampling code
 the served model runs) re-registers without retraining. The champion is decided on like with
@@ -32,24 +32,25 @@ import pandas as pd
 import torch
 from mlflow.entities import LoggedModelOutput
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
+from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
 
+from src import checkpoint as checkpoints
 from src.errors import KarnnaError
-from src.tracking import checkpoint_run, connect
+from src.mlflow_store import checkpoint_run, connect
+from src.serving import SIGNATURE
+from src.vocab import Vocab
 
 CHAMPION = "champion"
 # Tags of a model version (and of the registered model, for the fingerprint).
 SCORE_TAG = "eval_val_loss"  # the evaluate stage's fp32 loss on the validation split
 FINGERPRINT_TAG = "data_fingerprint"
 IDENTITY_TAG = "registration_key"  # run, checkpoint bytes and packaged code: one version each
-# What the served model accepts, so one request cannot tie the server up for minutes.
-MAX_LENGTH = 10_000
-DEFAULT_LENGTH = 200
 
 _SRC_DIR = Path(__file__).resolve().parent
+# The served model's code file ("models from code"): it names src.serving.TextGenerator.
+MODEL_CODE = _SRC_DIR / "served_model.py"
 
 
 @dataclass
@@ -201,18 +202,22 @@ def _registration_key(run_id: str, checkpoint: Path) -> str:
 
 def _log_model(client: MlflowClient, experiment_id: str, run_id: str, checkpoint: Path, step: int,
                input_example: Mapping[str, Any]):
-    """The pyfunc model as a LoggedModel of the run.
+    """The served model as a LoggedModel of the run, packaged from code: MODEL_CODE names the
+    class, the weights-only checkpoint and its vocabulary are artifacts, src/ is the code. No
+    pickle is written, so loading or serving it runs none.
 
     What mlflow.pyfunc.log_model does, with an explicit client in place of the fluent API's global
     tracking URI and active experiment (which would put it in experiment 0)."""
-    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, model_type="char-lstm")
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, model_type="char-rnn")
     try:
         with tempfile.TemporaryDirectory(prefix="karnna-model-") as tmp:
+            vocab = Path(tmp) / "vocab.json"
+            Vocab.from_dict(checkpoints.load_payload(checkpoint)["vocab"], f"{checkpoint} (vocabulary)").save(vocab)
             path = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
                 path=str(path),
-                python_model=CharLSTMGenerator(),
-                artifacts={"checkpoint": str(checkpoint)},
+                python_model=str(MODEL_CODE),
+                artifacts={"checkpoint": str(checkpoint), "vocab": str(vocab)},
                 code_paths=[str(_SRC_DIR)],
                 signature=SIGNATURE,
                 input_example=pd.DataFrame({k: [v] for k, v in input_example.items()}),
@@ -234,80 +239,3 @@ def _log_model(client: MlflowClient, experiment_id: str, run_id: str, checkpoint
 def _requirements() -> list[str]:
     # Given, not inferred: inference imports the model in a subprocess (seconds per logging).
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-
-
-# --- the MLflow model ------------------------------------------------------------------------
-
-SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec("string", "prime"),
-            ColSpec("long", "length", required=False),
-            ColSpec("double", "temperature", required=False),
-            ColSpec("long", "top_k", required=False),
-            ColSpec("long", "seed", required=False),
-        ]
-    ),
-    outputs=Schema([ColSpec("string")]),
-)
-
-
-class CharLSTMGenerator(mlflow.pyfunc.PythonModel):
-    """Text generation as an MLflow pyfunc: one row per request, `prime` plus optional `length`,
-    `temperature`, `top_k`, `seed`; -> prime + generated text per row.
-
-    Generation runs the eager LSTM character by character (src.sample.generate): a traced or
-    exported graph would fix the input length."""
-
-    def load_context(self, context) -> None:
-        from src import checkpoint
-
-        self.model, self.vocab, _ = checkpoint.load(Path(context.artifacts["checkpoint"]), "cpu")
-
-    # The DataFrame hint keeps MLflow from inferring a second schema; SIGNATURE is the contract.
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from src.sample import generate
-
-        texts = []
-        for row in _rows(model_input):
-            length = int(_given(row, "length", DEFAULT_LENGTH))
-            if not 1 <= length <= MAX_LENGTH:
-                raise KarnnaError(f"length {length} is out of range; ask for 1 to {MAX_LENGTH} characters")
-            seed = _given(row, "seed", None)
-            (text,) = generate(
-                self.model,
-                self.vocab,
-                str(row["prime"]),
-                length,
-                top_k=int(_given(row, "top_k", 5)),
-                temperature=float(_given(row, "temperature", 1.0)),
-                seed=None if seed is None else int(seed),
-            )
-            texts.append(text)
-        return texts
-
-
-def _rows(model_input) -> list[dict]:
-    if isinstance(model_input, str):
-        model_input = {"prime": model_input}
-    if isinstance(model_input, dict):
-        model_input = [model_input]
-    frame = pd.DataFrame(model_input) if isinstance(model_input, list) else model_input
-    if "prime" not in frame.columns:
-        raise KarnnaError('input has no "prime" column; send e.g. {"dataframe_records": [{"prime": "Far"}]}')
-    rows = []
-    for row in frame.to_dict("records"):
-        # MLflow turns {"prime": ["a", "b"]} into one row holding lists: spread it out again.
-        if isinstance(row["prime"], (list, tuple, np.ndarray)):
-            rows.extend(pd.DataFrame(row).to_dict("records"))
-        else:
-            rows.append(row)
-    return rows
-
-
-def _given(row: dict, key: str, default):
-    """row[key], unless absent or a missing value in a column other rows filled."""
-    value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return default
-    return value

@@ -1,4 +1,5 @@
-"""Experiment tracking with MLflow: stores, runs and metrics (src.registry holds the model registry).
+"""Experiment tracking with MLflow: runs, their params, metrics and files (MLflow's "tracking";
+src.registry holds its "model registry", src.mlflow_store the client and store errors).
 
 One MLflow run per training. The evaluate and sample stages add to the run that made the
 checkpoint (its id travels in the checkpoint), so one row in `mlflow ui` holds the whole story.
@@ -9,12 +10,10 @@ and tracking URI, so trials of a tuner may train in threads side by side. See do
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -23,33 +22,14 @@ import mlflow
 import torch
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from src.config import Config
-from src.errors import KarnnaError
+from src.figures import save_loss_figure
+from src.mlflow_store import checkpoint_run, connect, experiment_id, is_missing, store_call
 from src.report import Reporter
 
-# A reachable server answers at once; this only bounds a black-holed address.
-CONNECT_TIMEOUT_S = 5.0
-class TrainingReporter(Reporter):
-    """Records nothing: what training gets when tracking.enabled is false."""
-
-    def finish_training(
-        self,
-        result: Any,
-        best: Path,
-        last: Path,
-        vocab: Path,
-        history: Optional[Path] = None,
-        params_file: Optional[Path] = None,
-    ) -> None:
-        """After train(): `result` is its TrainResult; the checkpoints, vocab.json, the history
-        CSVs (a folder or a file) and params.yaml become artifacts of the run."""
-        return None
-
-
-class MlflowReporter(TrainingReporter):
+class MlflowReporter(Reporter):
     """Sends to one MLflow run. Metrics wait in memory until flush(), which hands them as one
     log_batch to a sender thread: the loop neither makes a store round trip per value nor waits
     for the one per evaluation (a SQLite commit costs ~20 ms). A failed send is raised at the
@@ -86,6 +66,10 @@ class MlflowReporter(TrainingReporter):
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def on_eval(self, step: int, val_loss: float) -> None:
+        self.log_metrics({"val_loss": val_loss, "val_bpc": val_loss / math.log(2.0)}, step)
+        self.flush()
 
     def flush(self) -> None:
         if self._pending:
@@ -141,7 +125,7 @@ def start_training_run(
     parent_run_id: Optional[str] = None,
     run_name: Optional[str] = None,
     stops: tuple[type[BaseException], ...] = (),
-) -> Iterator[TrainingReporter]:
+) -> Iterator[Reporter]:
     """One MLflow run around a training; yields the reporter to hand to src.train.train.
 
     `context` holds facts from outside the library (git commit, DVC experiment name, data hash):
@@ -159,13 +143,13 @@ def start_training_run(
     explicitly because MLflow's active run is per thread and trials may run in threads.
     """
     if not cfg.tracking.enabled:
-        yield TrainingReporter()
+        yield Reporter()
         return
     uri = tracking_uri or mlflow.get_tracking_uri()
     client = connect(uri)
     context = {k: v for k, v in (context or {}).items() if v is not None}
-    experiment_id = _experiment_id(client, uri, cfg.tracking.experiment)
-    run = _store_call(uri, lambda: _reopen(client, resume_run_id, experiment_id)) if resume_run_id else None
+    exp_id = experiment_id(client, uri, cfg.tracking.experiment)
+    run = store_call(uri, lambda: _reopen(client, resume_run_id, exp_id)) if resume_run_id else None
     if run is None:
         tags = {"mlflow.source.name": "src.tune" if parent_run_id else "pipeline.train", "mlflow.source.type": "LOCAL"}
         if "git_commit" in context:
@@ -173,8 +157,8 @@ def start_training_run(
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         name = run_name or context.get("dvc_exp_name")
-        run = _store_call(uri, lambda: client.create_run(experiment_id, tags=tags, run_name=name))
-    reporter = MlflowReporter(client, run.info.run_id, experiment_id, cfg, logged_params=run.data.params)
+        run = store_call(uri, lambda: client.create_run(exp_id, tags=tags, run_name=name))
+    reporter = MlflowReporter(client, run.info.run_id, exp_id, cfg, logged_params=run.data.params)
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
         yield reporter
@@ -192,7 +176,7 @@ def _reopen(client: MlflowClient, run_id: str, experiment_id: str):
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        if is_missing(exc):
             return None
         raise
     if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
@@ -247,19 +231,6 @@ def log_to_run(
         client.log_artifact(run_id, str(path))
 
 
-def checkpoint_run(client: MlflowClient, uri: str, run_id: str):
-    """The run a checkpoint names; a clear error when this store does not have it."""
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise KarnnaError(
-                f"MLflow run {run_id} (named in the checkpoint) is not in {uri}; set MLFLOW_TRACKING_URI "
-                "to the store the training logged to, or retrain"
-            ) from None
-        raise _store_error(uri, exc) from None
-
-
 STUDY_RUN_ATTR = "mlflow_parent_run_id"
 
 
@@ -271,12 +242,12 @@ def study_run(base: Config, tracking_uri: Optional[str], study: Any, space: Opti
     if not base.tracking.enabled or tracking_uri is None:
         return None
     client = connect(tracking_uri)
-    experiment_id = _experiment_id(client, tracking_uri, base.tracking.experiment)
+    exp_id = experiment_id(client, tracking_uri, base.tracking.experiment)
     existing = study.user_attrs.get(STUDY_RUN_ATTR)
-    if existing and _reopen(client, existing, experiment_id) is not None:
+    if existing and _reopen(client, existing, exp_id) is not None:
         return existing
-    run = _store_call(tracking_uri, lambda: client.create_run(
-        experiment_id,
+    run = store_call(tracking_uri, lambda: client.create_run(
+        exp_id,
         tags={"mlflow.source.name": "src.tune", "mlflow.source.type": "LOCAL", "optuna.study": study.study_name},
         run_name=f"study-{study.study_name}",
     ))
@@ -320,97 +291,9 @@ def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[s
     connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
 
 
-def connect(uri: str) -> MlflowClient:
-    """A client for `uri`, after checking that an HTTP server answers at all.
-
-    MLflow's own client retries a refused connection with backoff for minutes; this fails in
-    seconds with the URI in the message."""
-    scheme = urllib.parse.urlparse(uri).scheme
-    if scheme in ("http", "https"):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # it answered: whatever it said, MLflow's own calls report it precisely
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise KarnnaError(
-                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
-                "or set tracking.enabled: false in params.yaml"
-            ) from None
-    elif scheme == "sqlite":
-        db = _sqlite_path(uri)
-        if db is not None and not db.parent.is_dir():
-            raise KarnnaError(f"tracking store {uri}: folder {db.parent} does not exist; create it or fix MLFLOW_TRACKING_URI")
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    def get_or_create() -> str:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                return client.create_experiment(name, artifact_location=_artifact_location(uri))
-            except MlflowException as exc:  # another process created it meanwhile
-                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                    raise
-                experiment = client.get_experiment_by_name(name)
-        if experiment.lifecycle_stage != "active":
-            raise KarnnaError(
-                f"experiment {name!r} is deleted in {uri}; restore it (`mlflow experiments restore "
-                f"--experiment-id {experiment.experiment_id}`) or set another tracking.experiment"
-            )
-        return experiment.experiment_id
-
-    return _store_call(uri, get_or_create)
-
-
-def _artifact_location(uri: str) -> Optional[str]:
-    """Beside a local SQLite store: <folder of mlflow.db>/mlartifacts, absolute, so that runs from
-    `dvc exp run --temp` copies of the repo put their files in the main repo too. A server keeps
-    its own default (None)."""
-    db = _sqlite_path(uri) if uri.startswith("sqlite:") else None
-    return (db.parent / "mlartifacts").as_uri() if db is not None else None
-
-
-def _sqlite_path(uri: str) -> Optional[Path]:
-    path = uri.split(":///", 1)[1] if ":///" in uri else ""
-    if not path or path == ":memory:":
-        return None
-    return Path(path).resolve()
-
-
-def _store_call(uri: str, fn):
-    try:
-        return fn()
-    except MlflowException as exc:
-        raise _store_error(uri, exc) from None
-
-
-def _store_error(uri: str, exc: MlflowException) -> KarnnaError:
-    first = str(exc.message).strip().splitlines()[0][:300] if str(exc.message).strip() else exc.error_code
-    return KarnnaError(f"tracking store {uri}: {first}; check MLFLOW_TRACKING_URI or set tracking.enabled: false")
-
-
 def _param_value(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
 def _versions() -> dict[str, str]:
     return {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__, "python_version": platform.python_version()}
-
-
-def save_loss_figure(train_history, val_history, path: Path) -> None:
-    """Train and validation loss against the step on one PNG."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
-
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    if train_history:
-        ax.plot(*zip(*train_history), label="train", linewidth=0.8, alpha=0.8)
-    if val_history:
-        ax.plot(*zip(*val_history), "o-", label="validation", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per character)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=100)

@@ -1,5 +1,10 @@
 """The training loop: Adam, global-norm clipping, optional cosine decay, truncated BPTT, exact resume.
 
+In pieces: `TrainState` holds everything a run carries from step to step and turns it into a
+checkpoint payload and back (one pair, to_payload / load_payload); `train_step` is one optimiser
+step (the speed benchmarks import it); evaluation calls the reporter's `on_eval` and any other
+`EvalHook` (a tuner's pruning) with (step, val_loss).
+
 The hidden state is carried from one window to the next within an epoch and detached between
 them; it is reset at each epoch start. Loss values stay on the device and are fetched once every
 log_interval steps, so the loop does not wait for the device at every step.
@@ -17,12 +22,10 @@ numbers each gives alone.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,18 +37,9 @@ from src.config import Config
 from src.device import autocast, precision_name, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.model import CharLSTM, ModelSpec, count_params, detach, sizing_advice
-from src.report import Reporter
+from src.report import EvalHook, Reporter
+from src.train_state import TrainPaths, TrainState, fingerprint
 from src.vocab import Vocab
-
-# Params that change how often things are printed or saved, not the numbers a run produces.
-NOT_IN_FINGERPRINT = {"train.log_interval", "train.checkpoint_interval", "train.resume", "train.num_threads"}
-
-
-@dataclass
-class TrainPaths:
-    best: Path
-    last: Path
-
 
 @dataclass
 class TrainResult:
@@ -127,54 +121,131 @@ def generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.
     return init, drop
 
 
-def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, Any]:
-    """What must be equal for a checkpoint to be resumed: the params that shape the numbers and
-    the data itself."""
-    fp = {
-        k: v
-        for k, v in cfg.flat().items()
-        if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
-    }
-    fp["rng"] = "per-training generators"  # resume states of older versions hold global RNG states
-    fp["data.train_sha256"] = hashlib.sha256(np.ascontiguousarray(train_ids).tobytes()).hexdigest()
-    fp["data.val_sha256"] = hashlib.sha256(np.ascontiguousarray(val_ids).tobytes()).hexdigest()
-    return fp
+def train_step(
+    model: CharLSTM,
+    optimizer: torch.optim.Optimizer,
+    schedule: Optional[torch.optim.lr_scheduler.LRScheduler],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hidden: tuple[torch.Tensor, ...],
+    amp: Optional[torch.dtype],
+    grad_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One optimiser step on the window (x, y) from `hidden`; -> (loss, gradient norm, the next
+    window's hidden state, detached). Loss and norm stay on the device: reading them waits for it."""
+    with autocast(x.device, amp):
+        logits, hidden = model(x, hidden)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return loss.detach(), gnorm.detach(), detach(hidden)
 
 
-def plan_resume(
-    cfg: Config,
-    train_ids: np.ndarray,
-    val_ids: np.ndarray,
-    paths: TrainPaths,
-    log: Callable[[str], None] = print,
-) -> Optional[dict[str, Any]]:
-    """The checkpoint payload to resume from, or None to start fresh (per train.resume)."""
-    mode = cfg.train.resume
-    if mode == "never":
-        return None
-    if not paths.last.is_file():
-        if mode == "require":
-            raise KarnnaError(f"train.resume is 'require' but {paths.last} does not exist; set train.resume: auto")
-        return None
-    payload = checkpoint.load_payload(paths.last)
-    state = payload.get("resume")
-    if state is None or state["step"] >= state["total_steps"]:
-        if mode == "require":
-            raise KarnnaError(f"{paths.last} holds a finished run, nothing to resume; set train.resume: auto or never")
-        return None
-    expected = fingerprint(cfg, train_ids, val_ids)
-    changed = sorted(k for k in set(expected) | set(state["fingerprint"]) if expected.get(k) != state["fingerprint"].get(k))
-    if changed:
-        what = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {expected.get(k)!r}" for k in changed[:4])
-        if mode == "require":
-            raise KarnnaError(
-                f"{paths.last} was made with other params or data ({what}); "
-                "set train.resume: never (or auto) to start over"
-            )
-        log(f"not resuming {paths.last}: it was made with other params or data ({what}); starting fresh")
-        return None
-    log(f"resuming from {paths.last} at step {state['step']} of {state['total_steps']}")
-    return payload
+class LossLog:
+    """Per-step losses kept on the device until drain() fetches them in one host sync; records
+    them in the state's history, checks they are finite, and reports them."""
+
+    def __init__(self, cfg: Config, reporter: Reporter):
+        self.cfg, self.reporter = cfg, reporter
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.window_start, self.window_chars = time.perf_counter(), 0
+        self.last_loss = math.nan
+        self.chars_per_sec = 0.0
+
+    def add(self, loss: torch.Tensor, gnorm: torch.Tensor, chars: int) -> None:
+        self.losses.append(loss)
+        self.norms.append(gnorm)
+        self.window_chars += chars
+
+    def drain(self, state: TrainState) -> None:
+        if not self.losses:
+            return
+        values = torch.stack(self.losses).float().cpu().tolist()
+        norm = torch.stack(self.norms[-1:]).float().cpu().item()
+        self.losses.clear()
+        self.norms.clear()
+        first = state.step - len(values) + 1
+        for i, loss in enumerate(values):
+            if not math.isfinite(loss):
+                raise _diverged("training", loss, first + i, self.cfg)
+            state.train_history.append((first + i, loss))
+            if (first + i) % self.cfg.tracking.log_every == 0:
+                self.reporter.log_metrics({"train_loss": loss}, first + i)
+        now = time.perf_counter()
+        self.chars_per_sec = self.window_chars / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_chars = now, 0
+        self.last_loss = values[-1]
+        lr = state.schedule.get_last_lr()[0]
+        self.reporter.log_metrics({"lr": lr, "grad_norm": norm, "chars_per_sec": self.chars_per_sec}, state.step)
+
+
+def _diverged(what: str, loss: float, step: int, cfg: Config) -> KarnnaError:
+    t = cfg.train
+    return KarnnaError(
+        f"{what} loss is {loss} at step {step}: training diverged; lower train.lr "
+        f"(now {t.lr:g}) or train.grad_clip (now {t.grad_clip:g}); the last good checkpoint is kept"
+    )
+
+
+@dataclass
+class Run:
+    """What one call of train() works with, besides its state."""
+
+    cfg: Config
+    vocab: Vocab
+    paths: TrainPaths
+    grid: torch.Tensor  # the training split as (batch_size, columns), on the device
+    val: torch.Tensor  # the validation split, 1-D, on the device
+    amp: Optional[torch.dtype]
+    hooks: Sequence[EvalHook]
+    say: Callable[[str], None]  # a line for the user, above the progress bar
+
+
+def validate(run: Run, state: TrainState) -> None:
+    """Score the validation split, keep the best checkpoint, call the eval hooks."""
+    ev = run.cfg.evaluate
+    loss = evaluate.stream_loss(state.model, run.val, ev.rows, ev.chunk_len, run.amp)
+    if not math.isfinite(loss):
+        raise _diverged("validation", loss, state.step, run.cfg)
+    state.last_val = loss
+    state.val_history.append((state.step, loss))
+    improved = loss < state.best_val
+    if improved:
+        state.best_val, state.best_step = loss, state.step
+        checkpoint.save(run.paths.best, state.model, run.vocab, state.step,
+                        {"run_id": state.run_id, "config": run.cfg.flat(), "val_loss": loss})
+    train_loss = state.train_history[-1][1] if state.train_history else math.nan
+    run.say(
+        f"step {state.step:>6}/{state.total_steps}  train {train_loss:.4f}  "
+        f"val {loss:.4f} nats ({loss / evaluate.LN2:.3f} bpc)  best {state.best_val:.4f} @ {state.best_step}"
+        + ("  *" if improved else "")
+    )
+    for hook in run.hooks:
+        hook(state.step, loss)
+
+
+def save_last(run: Run, state: TrainState) -> None:
+    checkpoint.save(run.paths.last, state.model, run.vocab, state.step, state.to_payload(run.cfg.flat()))
+
+
+def new_state(cfg: Config, vocab: Vocab, total_steps: int, fp: dict[str, Any], device: torch.device,
+              run_id: Optional[str]) -> TrainState:
+    """A fresh run's state: the model initialised from the training's own generators."""
+    t = cfg.train
+    init_gen, model_gen = generators(t.seed, device)
+    model = build_model(cfg, vocab, init_gen).to(device)
+    model.generator = model_gen
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    min_ratio = t.min_lr / t.lr
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.lr_decay, min_ratio)
+    )
+    return TrainState(model, opt, sched, total_steps, fp, run_id=run_id)
 
 
 def train(
@@ -187,203 +258,93 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     resume: Optional[dict[str, Any]] = None,
+    on_eval: Sequence[EvalHook] = (),
 ) -> TrainResult:
-    """Train, from scratch or from a plan_resume() payload; write best and last checkpoints."""
+    """Train, from scratch or from a plan_resume() payload; write best and last checkpoints.
+
+    After each evaluation, reporter.on_eval and then each of `on_eval` get (step, val_loss); a
+    hook that raises (a tuner's pruning) stops the training there."""
     t = cfg.train
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.device.configure_process).
     device = resolve_device(t.device)
     amp = resolve_precision(t.precision, device)
     fileio.remove_stale_temps(paths.last.parent)
-
-    init_gen, model_gen = generators(t.seed, device)
-    model = build_model(cfg, vocab, init_gen).to(device)
-    model.generator = model_gen
-    n_params = count_params(model)
-    log(f"model: {cfg.model.num_layers}x{cfg.model.lstm_size} LSTM on {device} ({precision_name(amp)})")
-    log(sizing_advice(n_params, len(train_ids)))
-
     # The whole split lives on the device once; every batch is a view of it.
     grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
     val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
     steps_per_epoch = data.num_windows(grid.size(1), t.seq_len)
-    total_steps = t.epochs * steps_per_epoch
-    if t.max_steps is not None:
-        total_steps = min(total_steps, t.max_steps)
-
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    min_ratio = t.min_lr / t.lr
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.lr_decay, min_ratio)
-    )
-    reporter.log_params(
-        {
-            "n_params": n_params,
-            "vocab_size": vocab.size,
-            "train_chars": len(train_ids),
-            "val_chars": len(val_ids),
-            "params_per_char": round(n_params / len(train_ids), 4),
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total_steps,
-            "device": str(device),
-            "precision": precision_name(amp),
-        }
-    )
-    fp = fingerprint(cfg, train_ids, val_ids)
-
-    # Everything below is the run's state; a resume restores all of it.
-    step, epoch, window = 0, 0, 0
-    hidden: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    best_val, best_step = math.inf, 0
-    train_hist: list[tuple[int, float]] = []
-    val_hist: list[tuple[int, float]] = []
-    chars_seen = 0
+    total_steps = min(t.epochs * steps_per_epoch, t.max_steps or math.inf)
+    state = new_state(cfg, vocab, total_steps, fingerprint(cfg, train_ids, val_ids), device, reporter.run_id)
+    n_params = count_params(state.model)
+    log(f"model: {cfg.model.num_layers}x{cfg.model.lstm_size} LSTM on {device} ({precision_name(amp)})")
+    log(sizing_advice(n_params, len(train_ids)))
+    reporter.log_params({
+        "n_params": n_params, "vocab_size": vocab.size, "train_chars": len(train_ids), "val_chars": len(val_ids),
+        "params_per_char": round(n_params / len(train_ids), 4), "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps, "device": str(device), "precision": precision_name(amp),
+    })
     if resume is not None:
-        r = resume["resume"]
-        model.load_state_dict(resume["state_dict"])
-        opt.load_state_dict(r["optimizer"])
-        sched.load_state_dict(r["scheduler"])
-        step, epoch, window, chars_seen = r["step"], r["epoch"], r["window"], r["chars_seen"]
-        hidden = (r["hidden"][0].to(device), r["hidden"][1].to(device)) if r["hidden"] is not None else None
-        best_val, best_step = r["best_val"], r["best_step"]
-        train_hist = [tuple(x) for x in r["train_history"]]
-        val_hist = [tuple(x) for x in r["val_history"]]
-        model.generator.set_state(r["rng"]["dropout"])
-    resumed_from = step
-
-    extra_ckpt = {"run_id": reporter.run_id, "config": cfg.flat()}
-    pending: list[torch.Tensor] = []  # per-step losses not yet fetched from the device
-    gnorms: list[torch.Tensor] = []
-    last_val = val_hist[-1][1] if val_hist else math.nan
+        state.load_payload(resume)
+    resumed_from = state.step
+    bar = tqdm(total=total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
+               mininterval=1.0)
+    run = Run(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval], bar.write if progress else log)
     start = time.perf_counter()
-    chars_this_session = 0
-    window_start, window_chars = start, 0
-
-    def save_last() -> None:
-        state = {
-            "fingerprint": fp,
-            "total_steps": total_steps,
-            "step": step,
-            "epoch": epoch,
-            "window": window,
-            "chars_seen": chars_seen,
-            "hidden": None if hidden is None else (hidden[0].cpu(), hidden[1].cpu()),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": {"dropout": model.generator.get_state()},
-            "best_val": best_val,
-            "best_step": best_step,
-            "train_history": [list(x) for x in train_hist],
-            "val_history": [list(x) for x in val_hist],
-        }
-        checkpoint.save(paths.last, model, vocab, step, {**extra_ckpt, "val_loss": last_val, "resume": state})
-
-    def validate() -> None:
-        nonlocal best_val, best_step, last_val
-        last_val = evaluate.stream_loss(model, val, cfg.evaluate.rows, cfg.evaluate.chunk_len, amp)
-        if not math.isfinite(last_val):
-            raise KarnnaError(
-                f"validation loss is {last_val} at step {step}: training diverged; lower train.lr "
-                f"(now {t.lr:g}) or train.grad_clip (now {t.grad_clip:g}); the last good checkpoint is kept"
-            )
-        val_hist.append((step, last_val))
-        improved = last_val < best_val
-        if improved:
-            best_val, best_step = last_val, step
-            checkpoint.save(paths.best, model, vocab, step, {**extra_ckpt, "val_loss": last_val})
-        reporter.log_metrics({"val_loss": last_val, "val_bpc": last_val / evaluate.LN2}, step)
-        reporter.flush()
-        msg = (
-            f"step {step:>6}/{total_steps}  train {train_hist[-1][1] if train_hist else math.nan:.4f}  "
-            f"val {last_val:.4f} nats ({last_val / evaluate.LN2:.3f} bpc)  best {best_val:.4f} @ {best_step}"
-            + ("  *" if improved else "")
-        )
-        bar.write(msg) if progress else log(msg)
-
-    def drain() -> None:
-        """Fetch pending losses (one host sync), record them, and check they are finite."""
-        nonlocal window_start, window_chars
-        if not pending:
-            return
-        values = torch.stack(pending).float().cpu().tolist()
-        norms = torch.stack(gnorms).float().cpu().tolist()
-        first = step - len(values) + 1
-        for i, loss in enumerate(values):
-            if not math.isfinite(loss):
-                raise KarnnaError(
-                    f"training loss is {loss} at step {first + i}: training diverged; lower train.lr "
-                    f"(now {t.lr:g}) or train.grad_clip (now {t.grad_clip:g}); the last good checkpoint is kept"
-                )
-            train_hist.append((first + i, loss))
-        now = time.perf_counter()
-        cps = window_chars / max(now - window_start, 1e-9)
-        window_start, window_chars = now, 0
-        for s, loss in train_hist[-len(values) :]:
-            if s % cfg.tracking.log_every == 0:
-                reporter.log_metrics({"train_loss": loss}, s)
-        reporter.log_metrics({"lr": sched.get_last_lr()[0], "grad_norm": norms[-1], "chars_per_sec": cps}, step)
-        pending.clear()
-        gnorms.clear()
-        if progress:
-            val_text = f"{last_val:.3f}" if math.isfinite(last_val) else "-"
-            bar.set_postfix_str(
-                f"epoch {epoch + 1}/{t.epochs} loss {values[-1]:.3f} val {val_text} {cps / 1000:.1f}k char/s"
-            )
-
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=1.0)
-    model.train()
     try:
-        while step < total_steps:
-            if hidden is None:
-                hidden = model.init_hidden(t.batch_size, device)  # reset at each epoch start
-            for x, y in data.windows(grid, t.seq_len, start=window):
-                with autocast(device, amp):
-                    logits, hidden = model(x, hidden)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                sched.step()
-                hidden = detach(hidden)
-                pending.append(loss.detach())
-                gnorms.append(gnorm.detach())
-                step += 1
-                window += 1
-                chars_seen += y.numel()
-                chars_this_session += y.numel()
-                window_chars += y.numel()
-                bar.update(1)
-                if step % t.log_interval == 0:
-                    drain()
-                if step % t.eval_interval == 0 or step == total_steps:
-                    drain()
-                    validate()
-                if step % t.checkpoint_interval == 0 or step == total_steps:
-                    drain()
-                    save_last()
-                if step >= total_steps:
-                    break
-            else:
-                epoch, window, hidden = epoch + 1, 0, None
+        chars = run_steps(run, state, LossLog(cfg, reporter), bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    tail = [loss for _, loss in train_hist[-max(1, min(100, steps_per_epoch)) :]]
+    tail = [loss for _, loss in state.train_history[-max(1, min(100, steps_per_epoch)):]]
     return TrainResult(
-        best_val_loss=best_val,
-        best_step=best_step,
-        steps=step,
-        epochs=chars_seen / (grid.size(0) * (grid.size(1) - 1)),
-        seconds=seconds,
-        chars_per_sec=chars_this_session / max(seconds, 1e-9),
-        final_train_loss=float(np.mean(tail)),
-        n_params=n_params,
-        train_chars=len(train_ids),
-        val_chars=len(val_ids),
-        device=str(device),
-        precision=precision_name(amp),
-        resumed_from=resumed_from,
-        train_history=train_hist,
-        val_history=val_hist,
+        best_val_loss=state.best_val, best_step=state.best_step, steps=state.step,
+        epochs=state.chars_seen / (grid.size(0) * (grid.size(1) - 1)), seconds=seconds,
+        chars_per_sec=chars / max(seconds, 1e-9), final_train_loss=float(np.mean(tail)), n_params=n_params,
+        train_chars=len(train_ids), val_chars=len(val_ids), device=str(device), precision=precision_name(amp),
+        resumed_from=resumed_from, train_history=state.train_history, val_history=state.val_history,
+    )
+
+
+def run_steps(run: Run, state: TrainState, losses: LossLog, bar: tqdm) -> int:
+    """Step until state.total_steps, evaluating and checkpointing on schedule; -> characters read."""
+    t = run.cfg.train
+    chars = 0
+    state.model.train()
+    while state.step < state.total_steps:
+        if state.hidden is None:
+            state.hidden = state.model.init_hidden(t.batch_size, run.grid.device)  # reset at each epoch start
+        for x, y in data.windows(run.grid, t.seq_len, start=state.window):
+            loss, gnorm, state.hidden = train_step(
+                state.model, state.optimizer, state.schedule, x, y, state.hidden, run.amp, t.grad_clip
+            )
+            state.step += 1
+            state.window += 1
+            state.chars_seen += y.numel()
+            chars += y.numel()
+            losses.add(loss, gnorm, y.numel())
+            bar.update(1)
+            end = state.step == state.total_steps
+            evaluating = state.step % t.eval_interval == 0 or end
+            saving = state.step % t.checkpoint_interval == 0 or end
+            if state.step % t.log_interval == 0 or evaluating or saving:
+                losses.drain(state)  # the histories are complete in what is evaluated and saved
+                _show(bar, run, state, losses)
+            if evaluating:
+                validate(run, state)
+            if saving:
+                save_last(run, state)
+            if end:
+                return chars
+        state.epoch, state.window, state.hidden = state.epoch + 1, 0, None
+    return chars
+
+
+def _show(bar: tqdm, run: Run, state: TrainState, losses: LossLog) -> None:
+    if bar.disable:
+        return
+    val = f"{state.last_val:.3f}" if math.isfinite(state.last_val) else "-"
+    bar.set_postfix_str(
+        f"epoch {state.epoch + 1}/{run.cfg.train.epochs} loss {losses.last_loss:.3f} val {val} "
+        f"{losses.chars_per_sec / 1000:.1f}k char/s"
     )

@@ -34,7 +34,6 @@ from src.config import Config, TuneConfig, config_from_dict, tune_config_from_di
 from src.device import configure_process, resolve_device
 from src.errors import KarnnaError
 from src.model import count_params
-from src.report import Reporter
 from src.train import TrainPaths, build_model, train
 from src.vocab import Vocab
 
@@ -135,37 +134,23 @@ def trial_config(base: Config, space: TuneConfig, params: dict[str, Any]) -> Con
     )
 
 
-class TrialReporter(Reporter):
-    """Forwards to the trial's tracking reporter and reports each validation loss to Optuna,
-    raising TrialPruned when the pruner says so (training stops there, the curve is kept)."""
+class PruneOnEval:
+    """A trial's on_eval hook (src.report.EvalHook): reports each validation loss to Optuna and
+    raises TrialPruned when the pruner says so (training stops there, the curve is kept)."""
 
-    def __init__(self, trial: optuna.Trial, inner: Reporter):
+    def __init__(self, trial: optuna.Trial):
         self.trial = trial
-        self.inner = inner
-        self.run_id = inner.run_id
         # Reported by evaluation number, not training step: trials with another seq_len take
         # other step counts for the same budget, and the pruner compares equal steps.
         self.evals = 0
         self.last_step = 0
 
-    def log_params(self, params):
-        self.inner.log_params(params)
-
-    def log_metrics(self, metrics, step):
-        self.last_step = max(self.last_step, step)
-        self.inner.log_metrics(metrics, step)
-        if "val_loss" in metrics:
-            self.evals += 1
-            self.trial.report(metrics["val_loss"], self.evals)
-            if self.trial.should_prune():
-                self.inner.flush()
-                raise optuna.TrialPruned(f"pruned at step {step} (val loss {metrics['val_loss']:.4f})")
-
-    def log_artifact(self, path, artifact_path=None):
-        self.inner.log_artifact(path, artifact_path)
-
-    def flush(self):
-        self.inner.flush()
+    def __call__(self, step: int, val_loss: float) -> None:
+        self.last_step = step
+        self.evals += 1
+        self.trial.report(val_loss, self.evals)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (val loss {val_loss:.4f})")
 
 
 @dataclass
@@ -202,15 +187,15 @@ def objective_for(
                                                 run_name=f"trial-{trial.number}", stops=(optuna.TrialPruned,)) as inner:
                 run_id = inner.run_id
                 trial.set_user_attr("mlflow_run_id", run_id)
-                reporter = TrialReporter(trial, inner)
+                pruning = PruneOnEval(trial)
                 paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
                 result = train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids, paths,
-                               reporter=reporter, progress=False, log=lambda _: None)
+                               reporter=inner, progress=False, log=lambda _: None, on_eval=[pruning])
                 inner.log_metrics({"best_val_loss": result.best_val_loss, "n_params": n_params}, result.steps)
         except optuna.TrialPruned:
             tracking.set_tags(tracking_uri, run_id, {"optuna.state": "PRUNED"})
             if "skipped" not in trial.user_attrs:
-                trial.set_user_attr("steps_trained", reporter.last_step)
+                trial.set_user_attr("steps_trained", pruning.last_step)
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {str(exc)[:500]}")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from src.config import config_from_dict
 from src.model import CharLSTM, ModelSpec, count_params, sizing_advice
 from src.train import TrainPaths, train
-from tests.conftest import TINY_TEXT, tiny_params
+from tests.conftest import tiny_params
 from src import data
 from src.vocab import build_vocab
 

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from src import data, registry
 from src.vocab import build_vocab
-from tests.conftest import TINY_TEXT, _env, write_params
+from tests.conftest import _env, write_params
 from tests.test_tracking import corpus, register_checkpoint, run_training, tiny_config  # noqa: F401 (fixture)
 
 

@@ -15,7 +15,8 @@ from src import checkpoint
 from src.config import config_from_dict
 from src.errors import KarnnaError
 from src.report import Reporter
-from src.train import TrainPaths, plan_resume, train
+from src.train import TrainPaths, train
+from src.train_state import plan_resume
 from tests.conftest import _env, tiny_params, write_params
 
 

@@ -88,6 +88,9 @@ def test_closures_stay_small():
     train = closure("pipeline.train")
     assert not {"src/registry.py", "src/sample.py", "pipeline/register.py"} & train
     assert "src/registry.py" in closure("pipeline.register")
+    assert not {"src/serving.py", "src/served_model.py"} & train
+    # MLflow runs the served model's code file by path (models from code): no import names it.
+    assert "src/served_model.py" in dep_files(stages()["register"])
 
 
 def test_the_closure_follows_imports_inside_functions(tmp_path):

@@ -24,12 +24,13 @@ from mlflow.tracking import MlflowClient
 import numpy as np
 import torch
 
-from src import checkpoint, data, evaluate, registry, tracking
+from src import checkpoint, data, evaluate, registry, serving, tracking
 from src.config import config_from_dict
 from src.errors import KarnnaError
 from src.report import Reporter
 from src.sample import generate
-from src.train import TrainPaths, plan_resume, train
+from src.train import TrainPaths, train
+from src.train_state import plan_resume
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT, sh, tiny_params, write_params
 
@@ -284,6 +285,9 @@ class CrashAt(Reporter):
         if step >= self.step:
             raise RuntimeError("power cut")
 
+    def on_eval(self, step, val_loss):
+        self.inner.on_eval(step, val_loss)
+
     def flush(self):
         self.inner.flush()
 
@@ -357,9 +361,25 @@ def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
     ckpt = Path(MlflowClient(uri).download_artifacts(run_id, "checkpoints/best.pt"))
     lstm, vocab, _ = checkpoint.load(ckpt)
     assert texts[0] == generate(lstm, vocab, "Happy", 30, top_k=5, temperature=1.0, seed=7)[0]
-    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + registry.DEFAULT_LENGTH
+    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + serving.DEFAULT_LENGTH
     assert model.predict([{"prime": "Far", "length": 5, "seed": 1}]) == model.predict({"prime": "Far", "length": 5, "seed": 1})
     assert model.metadata.get_input_schema().input_names() == ["prime", "length", "temperature", "top_k", "seed"]
+
+
+def test_the_registered_model_holds_no_pickle(store, trained, tmp_path):
+    """Models from code: a code file names the class; weights and vocabulary are plain artifacts."""
+    uri, _ = store
+    client = client_for(uri)
+    source = client.get_model_version("tiny-model", "1").source
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "m"), tracking_uri=uri))
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    pickles = [p for p in files if p.suffix in (".pkl", ".pickle") or p.read_bytes()[:1] == b"\x80"]
+    assert pickles == [], f"pickled files in the served model: {pickles}"
+    flavour = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavour["model_code_path"].endswith("served_model.py") and "python_model" not in flavour
+    assert {p.name for p in files} >= {"best.pt", "vocab.json", "served_model.py"}
+    # the checkpoint artifact is a weights-only checkpoint
+    assert checkpoint.load_payload(next(p for p in files if p.name == "best.pt"))["step"] > 0
 
 
 # --- real servers -----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import optuna
 import pytest
-import torch
 
 from src.config import config_from_dict, section_from_dict, TuneConfig
 from src import tune
@@ -94,7 +93,6 @@ def test_pruning_on_a_synthetic_objective(tmp_path):
 
 
 def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_data):
-    from src.report import Reporter
     from src.train import TrainPaths, train
 
     space = _space(lstm_size=[8], num_layers=[1], evals_per_trial=4, budget_chars=4000)
@@ -103,10 +101,10 @@ def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_d
                        "model.num_layers": optuna.distributions.CategoricalDistribution([1]),
                        "model.dropout": optuna.distributions.FloatDistribution(0.0, 0.5)})
     cfg = tune.trial_config(base, space, tune.suggest(trial, space))
-    reporter = tune.TrialReporter(trial, Reporter())
     with pytest.raises(optuna.TrialPruned, match="pruned at step"):
         train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids,
-              TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"), reporter=reporter, progress=False, log=lambda _: None)
+              TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"), progress=False, log=lambda _: None,
+              on_eval=[tune.PruneOnEval(trial)])
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     (frozen,) = study.trials
     assert frozen.state == optuna.trial.TrialState.PRUNED and len(frozen.intermediate_values) == 1

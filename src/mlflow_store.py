@@ -1,0 +1,115 @@
+"""The MLflow store: a checked client, the experiment, and store errors as one-line messages.
+
+The sink under src.tracking (runs and metrics) and src.registry (the served model, versions,
+the champion): both reach MLflow's store through these functions, so a wrong URI or a deleted
+experiment reads the same wherever it is met. See docs/TRACKING.md, "Where runs go".
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from src.errors import KarnnaError
+
+# A reachable server answers at once; this only bounds a black-holed address.
+CONNECT_TIMEOUT_S = 5.0
+
+T = TypeVar("T")
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri`, after checking that an HTTP server answers at all.
+
+    MLflow's own client retries a refused connection with backoff for minutes; this fails in
+    seconds with the URI in the message."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # it answered: whatever it said, MLflow's own calls report it precisely
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise KarnnaError(
+                f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
+                "or set tracking.enabled: false in params.yaml"
+            ) from None
+    elif scheme == "sqlite":
+        db = sqlite_path(uri)
+        if db is not None and not db.parent.is_dir():
+            raise KarnnaError(f"tracking store {uri}: folder {db.parent} does not exist; create it or fix MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of the active experiment `name`, created (artifacts beside a SQLite store) if new."""
+
+    def get_or_create() -> str:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=artifact_location(uri))
+            except MlflowException as exc:  # another process created it meanwhile
+                if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage != "active":
+            raise KarnnaError(
+                f"experiment {name!r} is deleted in {uri}; restore it (`mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}`) or set another tracking.experiment"
+            )
+        return experiment.experiment_id
+
+    return store_call(uri, get_or_create)
+
+
+def checkpoint_run(client: MlflowClient, uri: str, run_id: str):
+    """The run a checkpoint names; a clear error when this store does not have it."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if is_missing(exc):
+            raise KarnnaError(
+                f"MLflow run {run_id} (named in the checkpoint) is not in {uri}; set MLFLOW_TRACKING_URI "
+                "to the store the training logged to, or retrain"
+            ) from None
+        raise store_error(uri, exc) from None
+
+
+def is_missing(exc: MlflowException) -> bool:
+    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+
+
+def artifact_location(uri: str) -> Optional[str]:
+    """Beside a local SQLite store: <folder of mlflow.db>/mlartifacts, absolute, so that runs from
+    `dvc exp run --temp` copies of the repo put their files in the main repo too. A server keeps
+    its own default (None)."""
+    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    return (db.parent / "mlartifacts").as_uri() if db is not None else None
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""
+    if not path or path == ":memory:":
+        return None
+    return Path(path).resolve()
+
+
+def store_call(uri: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except MlflowException as exc:
+        raise store_error(uri, exc) from None
+
+
+def store_error(uri: str, exc: MlflowException) -> KarnnaError:
+    first = str(exc.message).strip().splitlines()[0][:300] if str(exc.message).strip() else exc.error_code
+    return KarnnaError(f"tracking store {uri}: {first}; check MLFLOW_TRACKING_URI or set tracking.enabled: false")
