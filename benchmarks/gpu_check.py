@@ -44,7 +44,7 @@ from benchmarks.train_speed import BATCH, EMBEDDING, LSTM_SIZE, NUM_LAYERS, SEQ_
 from src import data, evaluate
 from src.config import config_from_dict
 from src.device import autocast, resolve_precision
-from src.model import CharLSTM, ModelSpec
+from src.model import CharRNN, ModelSpec
 from src.sample import generate
 from src.train import TrainPaths, train
 from src.vocab import Vocab, build_vocab
@@ -71,7 +71,7 @@ def sync(device: torch.device) -> None:
 
 def check_same_batch(train_ids: np.ndarray, vocab_size: int, device: torch.device, precision: str) -> dict:
     torch.manual_seed(0)
-    models = {CPU: CharLSTM(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.0)).train()}
+    models = {CPU: CharRNN(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.0)).train()}
     models[device] = copy.deepcopy(models[CPU]).to(device)
     x, y = next(data.windows(data.batchify(torch.from_numpy(train_ids.astype(np.int64)), BATCH), SEQ_LEN))
     losses, grads = {}, {}
@@ -92,7 +92,7 @@ def check_same_batch(train_ids: np.ndarray, vocab_size: int, device: torch.devic
 
 def check_scorer(val_ids: np.ndarray, vocab_size: int, device: torch.device, precision: str) -> dict:
     torch.manual_seed(1)
-    model = CharLSTM(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.5))
+    model = CharRNN(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.5))
     ids = torch.from_numpy(val_ids[:20_000].astype(np.int64))
     scores = {}
     for dev in (CPU, device):
@@ -154,7 +154,7 @@ def real_loop(vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray, device: 
 
 def sampling(vocab: Vocab, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model = CharLSTM(ModelSpec(vocab.size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
+    model = CharRNN(ModelSpec(vocab.size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
     prime = vocab.chars[-1]
     greedy_cpu = generate(model, vocab, prime, 200, top_k=1)[0]
     model.to(device)

@@ -30,17 +30,17 @@ import torch
 from benchmarks import peak
 from benchmarks.common import fmt_rate, machine, median, read_novel, table, threads_arg, time_each, timed, write_json
 from benchmarks.reference import SeedLSTM, seed_sample
-from src.model import CharLSTM, ModelSpec
-from src.sample import Stepper, generate
+from src.model import CharRNN, ModelSpec
+from src.sample import MatVecStepper, generate
 from src.vocab import build_vocab
 
 LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
 
 
-def gemv_floor_seconds(model: CharLSTM, repeats: int = 200) -> float:
+def gemv_floor_seconds(model: CharRNN, repeats: int = 200) -> float:
     """Seconds of one character's matrix-vector products, nothing else: for each matrix the faster
-    of torch (one thread) and numpy's OpenBLAS (its own threads, as the Stepper calls it)."""
-    step = Stepper(model)
+    of torch (one thread) and numpy's OpenBLAS (its own threads, as the MatVecStepper calls it)."""
+    step = MatVecStepper(model)
     mats = [w for w_ih, w_hh, _ in step.layers for w in (w_ih, w_hh)][1:] + [model.head.weight.detach().numpy()]
     vec = torch.randn(1, LSTM_SIZE)
     before = torch.get_num_threads()
@@ -72,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(machine(args.threads))
     vocab = build_vocab(read_novel(), "lf")
     torch.manual_seed(0)
-    model = CharLSTM(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
+    model = CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
     reference = SeedLSTM(vocab.size, LSTM_SIZE, NUM_LAYERS, 0.5).eval()
     char_to_id = {c: i for i, c in enumerate(vocab.chars)}
     thread_settings = sorted({args.threads, 1}, reverse=True)

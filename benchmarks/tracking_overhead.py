@@ -1,11 +1,13 @@
-"""How much MLflow logging slows training: the same small training with tracking on and off.
+"""How much MLflow logging slows training: the same small training with tracking off, on with
+src.tracking's sender thread, and on with MLflow's own asynchronous logging instead.
 
     python -m benchmarks.tracking_overhead [--repeats 5] [--steps 300] [--lstm-size 128] [--threads 1]
 
-Runs alternate off/on (after one warm-up of each), so drift in the machine's load hits both.
+Runs alternate off / thread / mlflow-async (after one warm-up of each), so drift in the
+machine's load hits all three.
 Reported per mode, as medians: the training loop's wall time; the CPU time of train() over all
 threads; the time the loop spends inside the reporter's calls (all it waits for); the CPU time
-of the thread that sends batches to the store (the extra work itself, which other load on the
+of the threads that send batches to the store (the extra work itself, which other load on the
 machine disturbs far less than the wall times); and, with tracking on, finish_training
 (the artifacts; model logging and registration moved to the register stage), which runs once after training. The store is a SQLite file in a temporary folder, as in `dvc repro`.
 The text is random characters from a fixed seed: speed does not depend on what is read.
@@ -61,19 +63,47 @@ class TimedReporter(Reporter):
         self._timed(self.inner.flush)
 
 
+class MlflowAsyncReporter(tracking.MlflowReporter):
+    """src.tracking's reporter with MLflow's own asynchronous logging
+    (`MlflowClient.log_batch(..., synchronous=False)`) in place of its sender thread."""
+
+    def _send(self, **batch) -> None:
+        self._sent.append(self.client.log_batch(self.run_id, synchronous=False, **batch))
+
+    def wait(self) -> None:
+        self.flush()
+        sent, self._sent = self._sent, []
+        for operation in sent:
+            operation.wait()
+
+
+# mode -> the reporter class start_training_run builds (None: tracking off)
+MODES = {"off": None, "thread": tracking.MlflowReporter, "mlflow-async": MlflowAsyncReporter}
+
+
 def make_text(n_chars: int) -> str:
     alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:!?'\"-\n"))
     return "".join(np.random.default_rng(0).choice(alphabet, n_chars))
 
 
-def one_run(cfg, uri: str, vocab, train_ids, val_ids, work: Path) -> dict:
+def one_run(cfg, uri: str, vocab, train_ids, val_ids, work: Path, mode: str) -> dict:
     paths = TrainPaths(best=work / "best.pt", last=work / "last.pt")
     start = time.perf_counter()
+    original = tracking.MlflowReporter
+    tracking.MlflowReporter = MODES[mode] or original  # the class start_training_run builds
+    try:
+        return _one_run(cfg, uri, vocab, train_ids, val_ids, paths, start)
+    finally:
+        tracking.MlflowReporter = original
+
+
+def _one_run(cfg, uri, vocab, train_ids, val_ids, paths, start) -> dict:
+    work = paths.best.parent
     with tracking.start_training_run(cfg, uri) as reporter:
         timed = TimedReporter(reporter)
         cpu_start, main_start = time.process_time(), time.thread_time()
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=timed, progress=False, log=lambda _: None)
-        if isinstance(reporter, tracking.MlflowReporter):
+        if cfg.tracking.enabled:
             reporter.wait()  # so that the sender's last batch is counted
         cpu = time.process_time() - cpu_start
         sender_cpu = max(0.0, cpu - (time.thread_time() - main_start))
@@ -113,23 +143,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     vocab = build_vocab(text, "lf")
     ids = vocab.encode(text)
     cut = int(len(ids) * 0.9)
-    configs = {
-        "off": config_from_dict({**raw, "tracking": {**raw["tracking"], "enabled": False}}),
-        "on": config_from_dict(raw),
-    }
+    off = config_from_dict({**raw, "tracking": {**raw["tracking"], "enabled": False}})
+    configs = {mode: off if cls is None else config_from_dict(raw) for mode, cls in MODES.items()}
     print(
         f"machine: {machine(args.threads)}; "
         f"model 1x{args.lstm_size}, batch 16 x 64 chars, {args.steps} steps, evaluation every 100, "
         f"train loss logged every 10 steps, {args.repeats} runs per mode"
     )
-    samples: dict[str, list[dict]] = {"off": [], "on": []}
+    samples: dict[str, list[dict]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="karnna-bench-") as tmp:
         work = Path(tmp)
         vocab.save(work / "vocab.json")
         uri = f"sqlite:///{work / 'mlflow.db'}"
         for i in range(args.repeats + 1):  # the first round warms up (and creates the store's tables)
-            for mode in ("off", "on"):
-                r = one_run(configs[mode], uri, vocab, ids[:cut], ids[cut:], work)
+            for mode in MODES:
+                r = one_run(configs[mode], uri, vocab, ids[:cut], ids[cut:], work, mode)
                 if i:
                     samples[mode].append(r)
 
@@ -143,14 +171,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         "| sender thread CPU s (share of train() CPU) | finish_training s |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for mode in ("off", "on"):
+    for mode in MODES:
         loop, cpu, sender = med(mode, "loop"), med(mode, "cpu"), med(mode, "sender_cpu")
         print(
             f"| {mode} | {loop:.3f} | {(loop / off_loop - 1) * 100:+.1f}% | {cpu:.3f} | {(cpu / off_cpu - 1) * 100:+.1f}% "
             f"| {med(mode, 'in_reporter'):.4f} | {sender:.3f} ({sender / cpu * 100:.1f}%) | {med(mode, 'finish'):.2f} |"
         )
     print()
-    for mode in ("off", "on"):
+    for mode in MODES:
         print(f"each run, {mode:>3}: wall " + " ".join(f"{r['loop']:.3f}" for r in samples[mode])
               + "  CPU " + " ".join(f"{r['cpu']:.3f}" for r in samples[mode]))
     return 0

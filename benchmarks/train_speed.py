@@ -5,7 +5,7 @@
 The recipe: 2 x 512 LSTM, dropout 0.5, batches of 100 x 100 characters of the novel.
 - reference: benchmarks.reference (one-hot inputs, fp32, a numpy batch per step, the loss
   fetched at every step).
-- project: the pieces of src/train.py's loop (CharLSTM with params.yaml's 64-wide embedding,
+- project: src.train.train_step, the step of src/train.py's loop (CharRNN with params.yaml's 64-wide embedding,
   batches as views of one tensor, src.device's autocast, Adam, clipping, the loss kept on the
   device and fetched every 25 steps), in bf16 autocast and in fp32.
 src.train's CPU setting keep_freed_memory() is applied to the whole process (--glibc-default
@@ -30,16 +30,15 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks import peak
 from benchmarks.common import fmt_rate, machine, median, novel_split, table, threads_arg, time_each, write_json
 from benchmarks.reference import SeedTrainer
 from src import data
 from src.config import config_from_dict
-from src.device import autocast, keep_freed_memory, resolve_precision
-from src.model import CharLSTM, ModelSpec, detach
-from src.train import TrainPaths, train
+from src.device import keep_freed_memory, resolve_precision
+from src.model import CharRNN, ModelSpec
+from src.train import TrainPaths, train, train_step
 from src.vocab import Vocab
 
 LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN, EMBEDDING = 512, 2, 0.5, 100, 100, 64
@@ -54,7 +53,7 @@ class ProjectTrainer:
                  batch_size: int = BATCH, seed: int = 1234):
         torch.manual_seed(seed)
         self.device, self.batch_size = device, batch_size
-        self.model = CharLSTM(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, DROPOUT)).to(device).train()
+        self.model = CharRNN(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, DROPOUT)).to(device).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-3)
         self.amp = resolve_precision(precision, device)
         self.grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), batch_size)
@@ -68,15 +67,8 @@ class ProjectTrainer:
 
     def step(self) -> None:
         x, y = next(self.batches)
-        with autocast(self.device, self.amp):
-            logits, hidden = self.model(x, self.hidden)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-        self.opt.step()
-        self.hidden = detach(hidden)
-        self.pending.append(loss.detach())
+        loss, _, self.hidden = train_step(self.model, self.opt, None, x, y, self.hidden, self.amp, 5.0)
+        self.pending.append(loss)
         if len(self.pending) == LOG_INTERVAL:
             torch.stack(self.pending).tolist()
             self.pending.clear()

@@ -15,14 +15,14 @@ import torch
 
 from src import fileio
 from src.errors import KarnnaError
-from src.model import CharLSTM, ModelSpec
+from src.model import CharRNN, ModelSpec, load_weights
 from src.vocab import Vocab
 
 FORMAT = "karnna-checkpoint"
 VERSION = 1
 
 
-def save(path: Path, model: CharLSTM, vocab: Vocab, step: int, extra: Optional[dict[str, Any]] = None) -> None:
+def save(path: Path, model: CharRNN, vocab: Vocab, step: int, extra: Optional[dict[str, Any]] = None) -> None:
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -57,19 +57,28 @@ def load_payload(path: Path) -> dict[str, Any]:
     return payload
 
 
-def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharLSTM, Vocab, dict[str, Any]]:
+def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab, dict[str, Any]]:
     """-> (model in eval mode on `device`, vocabulary, the whole payload)."""
     payload = load_payload(path)
     try:
         spec = ModelSpec(**payload["model"])
         vocab = Vocab.from_dict(payload["vocab"], f"{path} (vocabulary)")
-        model = CharLSTM(spec)
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as exc:
+        model = CharRNN(spec)
+        load_weights(model, state_dict(payload), str(path))
+    except (KeyError, TypeError) as exc:
         raise KarnnaError(f"{path}: checkpoint does not match the model code ({str(exc).splitlines()[0][:160]}); retrain") from None
     if spec.vocab_size != vocab.size:
         raise KarnnaError(f"{path}: model has {spec.vocab_size} outputs but the vocabulary {vocab.size} characters; retrain")
     return model.to(device).eval(), vocab, payload
+
+
+def state_dict(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The payload's weights under today's names: checkpoints from before model.cell existed
+    (all LSTMs) named the recurrent layers `lstm.*`, now `rnn.*`."""
+    weights = payload["state_dict"]
+    if "cell" in payload["model"]:
+        return weights
+    return {("rnn." + k[len("lstm."):] if k.startswith("lstm.") else k): v for k, v in weights.items()}
 
 
 def check_vocab(checkpoint_vocab: Vocab, data_vocab: Vocab, path: Path) -> None:

@@ -69,6 +69,8 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
+    # The recurrent cell (src/cells.py): "lstm", "gru" or "rnn" (tanh), as in karpathy/char-rnn.
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
     embedding_dim: PositiveInt = 64
     lstm_size: PositiveInt = 384
     num_layers: PositiveInt = 2

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 
 from src import data
 from src.device import autocast
-from src.model import CharLSTM
+from src.model import CharRNN
 
 LN2 = math.log(2.0)
 
 
 @torch.no_grad()
 def stream_loss(
-    model: CharLSTM,
+    model: CharRNN,
     ids: torch.Tensor,
     rows: int,
     chunk_len: int,

@@ -1,13 +1,15 @@
-"""The char-LSTM: embedding -> num_layers x LSTM(lstm_size) -> dropout -> linear to the vocabulary.
+"""The char-RNN: embedding -> num_layers x recurrent cell (lstm_size) -> dropout -> linear to the vocabulary.
 
-nn.LSTM builds each layer with its own weights (the seed reused one cell object for every layer,
-so all its layers shared weights) and takes the fused cuDNN / oneDNN path.
+The cell is `model.cell` (src.cells: LSTM, GRU or tanh RNN); `lstm_size` keeps its name, the
+user's word for the width. torch's nn.LSTM / nn.GRU / nn.RNN build each layer with its own weights
+(the seed reused one cell object for every layer, so all its layers shared weights) and take the
+fused cuDNN / oneDNN path. The recurrent state is the model's own business: `State` is a tuple
+the rest of the code creates with init_hidden, passes back, detaches and saves, never opens.
 
-Dropout on CPU is drawn here rather than by nn.LSTM / nn.Dropout: ATen's CPU `bernoulli_` falls
-back on non-Intel CPUs to a serial per-element generator (~10 ns an element), which cost 13-20%
-of a training step of the seed recipe (docs/BENCHMARKS.md, "Speed"). `dropout_mask` takes 16
-random bits per element, four elements per 64-bit draw, and compares them in vectorised code:
-about 4x faster forward and backward. CUDA keeps its fused dropout.
+Dropout on CPU is drawn here rather than by the torch module / nn.Dropout: ATen's CPU
+`bernoulli_` falls back on non-Intel CPUs to a serial per-element generator, a large share of
+a training step (docs/BENCHMARKS.md, "Speed"). `dropout_mask` takes 16 random bits per element,
+four elements per 64-bit draw, and compares them in vectorised code. CUDA keeps its fused dropout.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Hidden = tuple[torch.Tensor, torch.Tensor]
+from src.cells import CELLS, cell_of_weights
+from src.errors import KarnnaError
+
+# The network's recurrent state: (h, c) for an LSTM, (h,) for a GRU or RNN; each (num_layers, batch, lstm_size).
+State = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -32,24 +38,28 @@ class ModelSpec:
     lstm_size: int
     num_layers: int
     dropout: float
+    cell: str = "lstm"  # checkpoints from before cells existed are LSTMs
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class CharLSTM(nn.Module):
+class CharRNN(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
+        if spec.cell not in CELLS:
+            raise KarnnaError(f"model.cell {spec.cell!r} is not one of {', '.join(CELLS)}")
         self.spec = spec
+        self.cell = CELLS[spec.cell]
         self.embed = nn.Embedding(spec.vocab_size, spec.embedding_dim)
-        self.lstm = nn.LSTM(
+        self.rnn = self.cell.module(
             spec.embedding_dim,
             spec.lstm_size,
             num_layers=spec.num_layers,
             # Time-major inside: oneDNN and cuDNN run (T, B, H) natively; batch-first made them, and
             # the head's reshape, copy every activation and its gradient once more.
             batch_first=False,
-            # nn.LSTM applies this between layers only; the output gets its own dropout in forward.
+            # The torch module applies this between layers only; the output gets its own dropout in forward.
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,
         )
         self.head = nn.Linear(spec.lstm_size, spec.vocab_size)
@@ -57,47 +67,66 @@ class CharLSTM(nn.Module):
         # or buffer: its state is saved with the resume state, not in the state_dict.
         self.generator: Optional[torch.Generator] = None
 
-    def init_hidden(self, batch_size: int, device: Optional[torch.device] = None) -> Hidden:
-        """Zero (h, c), each (num_layers, batch, lstm_size)."""
+    def init_hidden(self, batch_size: int, device: Optional[torch.device] = None) -> State:
+        """The zero state for `batch_size` rows."""
         device = device or self.head.weight.device
         shape = (self.spec.num_layers, batch_size, self.spec.lstm_size)
-        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        return tuple(torch.zeros(shape, device=device) for _ in range(self.cell.states))
 
-    def forward(self, idx: torch.Tensor, hidden: Optional[Hidden] = None) -> tuple[torch.Tensor, Hidden]:
-        """idx (B, T) int -> logits (B, T, vocab_size) (a non-contiguous view), hidden ((L, B, H), (L, B, H))."""
+    def forward(self, idx: torch.Tensor, hidden: Optional[State] = None) -> tuple[torch.Tensor, State]:
+        """idx (B, T) int -> logits (B, T, vocab_size) (a non-contiguous view), the next state."""
         if hidden is None:
             hidden = self.init_hidden(idx.size(0), idx.device)
         x = self.embed(idx.long().t())  # (T, B, E)
         p = self.spec.dropout if self.training else 0.0
         if p > 0.0 and x.device.type == "cpu":
-            out, hidden = self._lstm_by_layer(x, hidden, p)
+            out, hidden = self._by_layer(x, hidden, p)
         else:
             # cuDNN's dropout between layers draws from the device's default generator: the
             # training's own generator covers the output dropout here, everything on CPU.
-            out, hidden = self.lstm(x, hidden)  # (T, B, H)
+            out, h = self.rnn(x, hidden if self.cell.states == 2 else hidden[0])  # (T, B, H)
+            hidden = tuple(h) if self.cell.states == 2 else (h,)
             if self.generator is None or p == 0.0:
                 out = F.dropout(out, p, self.training)
             else:
                 out = dropout(out, p, self.generator)
         return self.head(out).transpose(0, 1), hidden  # (B, T, V), a view
 
-    def _lstm_by_layer(self, x: torch.Tensor, hidden: Hidden, p: float) -> tuple[torch.Tensor, Hidden]:
-        """nn.LSTM's computation, one layer per call, so that the dropout between layers is ours.
+    def layer_weights(self, n: int) -> list[torch.Tensor]:
+        """Layer n's (weight_ih, weight_hh, bias_ih, bias_hh), the torch module's own parameters."""
+        return [getattr(self.rnn, f"{kind}_l{n}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
-        ATen runs a multi-layer CPU LSTM one oneDNN layer at a time anyway, so nothing is lost.
-        The weights stay nn.LSTM's own parameters (same state_dict, same cuDNN path on a GPU);
-        tests/test_fast_paths.py checks that with p = 0 this gives nn.LSTM's output exactly.
+    def _by_layer(self, x: torch.Tensor, hidden: State, p: float) -> tuple[torch.Tensor, State]:
+        """The torch module's computation, one layer per call, so that the dropout between layers is ours.
+
+        ATen runs a multi-layer CPU RNN one oneDNN layer at a time anyway, so nothing is lost.
+        The weights stay the module's own parameters (same state_dict, same cuDNN path on a GPU);
+        tests/test_fast_paths.py checks that with p = 0 this gives the module's output exactly.
         """
-        h0, c0 = hidden
-        hs, cs = [], []
+        layers = []
         for n in range(self.spec.num_layers):
-            weights = [getattr(self.lstm, f"{kind}_l{n}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-            x, h, c = torch.lstm(x, (h0[n : n + 1], c0[n : n + 1]), weights, True, 1, 0.0, self.training, False, False)
+            state = tuple(s[n : n + 1] for s in hidden)
+            x, state = self.cell.run_layer(x, state, self.layer_weights(n), self.training)
             x = dropout(x, p, self.generator)  # between layers, and on the last layer's output as before
-            hs.append(h)
-            cs.append(c)
-        return x, (torch.cat(hs), torch.cat(cs))
+            layers.append(state)
+        return x, tuple(torch.cat(parts) for parts in zip(*layers))
+
+
+def load_weights(model: CharRNN, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """model.load_state_dict, with a clear error when the weights are another cell's or size's."""
+    weight = state_dict.get("rnn.weight_ih_l0")
+    if weight is not None:
+        found = cell_of_weights(weight, model.spec.lstm_size)
+        if found != model.spec.cell:
+            raise KarnnaError(
+                f"{where}: holds the weights of a {found.upper()} network (model.cell: {found}), but the "
+                f"model to load them into has model.cell: {model.spec.cell}; set model.cell: {found} or retrain"
+            )
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise KarnnaError(f"{where}: the weights do not fit the model ({str(exc).splitlines()[0][:160]}); "
+                          "check model.* against the checkpoint, or retrain") from None
 
 
 def dropout_mask(
@@ -122,9 +151,9 @@ def dropout(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = No
     return x * dropout_mask(x.shape, p, x.dtype, x.device, generator) if p > 0.0 else x
 
 
-def detach(hidden: Hidden) -> Hidden:
+def detach(hidden: State) -> State:
     """Cut the graph between batches (truncated BPTT) while keeping the state's values."""
-    return hidden[0].detach(), hidden[1].detach()
+    return tuple(t.detach() for t in hidden)
 
 
 def count_params(model: nn.Module) -> int:

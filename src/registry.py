@@ -200,34 +200,42 @@ def _registration_key(run_id: str, checkpoint: Path) -> str:
     return h.hexdigest()[:32]
 
 
+def save_served_model(path: Path, checkpoint: Path, input_example: Mapping[str, Any],
+                      mlflow_model: Optional[Model] = None) -> None:
+    """The served model in folder `path`, packaged from code: MODEL_CODE names the class, the
+    weights-only checkpoint and its vocabulary are artifacts, src/ is the code. No pickle is
+    written, so loading or serving it runs none."""
+    with tempfile.TemporaryDirectory(prefix="karnna-vocab-") as tmp:
+        vocab = Path(tmp) / "vocab.json"
+        Vocab.from_dict(checkpoints.load_payload(checkpoint)["vocab"], f"{checkpoint} (vocabulary)").save(vocab)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=str(MODEL_CODE),
+            artifacts={"checkpoint": str(checkpoint), "vocab": str(vocab)},
+            code_paths=[str(_SRC_DIR)],
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({k: [v] for k, v in input_example.items()}),
+            pip_requirements=_requirements(),
+            mlflow_model=mlflow_model,
+        )
+    # save_model imports the copied code to check the model: keep its bytecode out.
+    for cache in Path(path).rglob("__pycache__"):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def _log_model(client: MlflowClient, experiment_id: str, run_id: str, checkpoint: Path, step: int,
                input_example: Mapping[str, Any]):
-    """The served model as a LoggedModel of the run, packaged from code: MODEL_CODE names the
-    class, the weights-only checkpoint and its vocabulary are artifacts, src/ is the code. No
-    pickle is written, so loading or serving it runs none.
+    """The served model as a LoggedModel of the run.
 
     What mlflow.pyfunc.log_model does, with an explicit client in place of the fluent API's global
     tracking URI and active experiment (which would put it in experiment 0)."""
     logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, model_type="char-rnn")
     try:
         with tempfile.TemporaryDirectory(prefix="karnna-model-") as tmp:
-            vocab = Path(tmp) / "vocab.json"
-            Vocab.from_dict(checkpoints.load_payload(checkpoint)["vocab"], f"{checkpoint} (vocabulary)").save(vocab)
             path = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(
-                path=str(path),
-                python_model=str(MODEL_CODE),
-                artifacts={"checkpoint": str(checkpoint), "vocab": str(vocab)},
-                code_paths=[str(_SRC_DIR)],
-                signature=SIGNATURE,
-                input_example=pd.DataFrame({k: [v] for k, v in input_example.items()}),
-                pip_requirements=_requirements(),
-                mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id,
-                                   model_uuid=logged.model_id, model_id=logged.model_id),
-            )
-            # save_model imports the copied code to check the model: keep its bytecode out.
-            for cache in path.rglob("__pycache__"):
-                shutil.rmtree(cache, ignore_errors=True)
+            save_served_model(path, checkpoint, input_example,
+                              Model(artifact_path=logged.artifact_location, run_id=run_id,
+                                    model_uuid=logged.model_id, model_id=logged.model_id))
             client.log_model_artifacts(logged.model_id, str(path))
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
     except BaseException:

@@ -11,94 +11,82 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 
 from src import checkpoint
 from src.config import SampleConfig
 from src.errors import KarnnaError
-from src.model import CharLSTM, Hidden, count_params
+from src.cells import LayerState, times_t
+from src.model import CharRNN, State, count_params
 from src.vocab import Vocab
 
 
-LayerStates = list[tuple[torch.Tensor, torch.Tensor]]
+LayerStates = list[LayerState]
 
 
-class Stepper:
-    """Advances a CharLSTM by one character per call, for generation; a snapshot of its weights.
+class MatVecStepper:
+    """Advances a CharRNN by one character per call, for generation; a snapshot of its weights.
 
-    nn.LSTM on CPU goes through oneDNN, which reorders the weights into its own layout on every
-    call: for one character that costs milliseconds, over ten times the arithmetic. Here a step
-    is a few matrix-vector products on weights prepared once, done by numpy's OpenBLAS: its
-    GEMV read a 2048 x 512 matrix in 25-35 us here against 57-59 us for torch's MKL path (and no
-    slower with another process on a core; docs/BENCHMARKS.md). The first layer's input is always
-    one of vocab_size embeddings, so its input projection and both biases become a (vocab, 4H)
-    table, looked up per step. Gates in nn.LSTM's order (input, forget, cell, output); no
-    dropout, as in eval mode. Build a new Stepper after the weights change.
+    The torch module on CPU goes through oneDNN, which reorders the weights into its own layout
+    on every call: for one character that costs far more than the arithmetic. Here a step is a
+    few matrix-vector products on weights prepared once, by numpy's BLAS (faster than torch's
+    path for one character here: docs/BENCHMARKS.md, "Sampling"), and the cell's own step
+    (src.cells). The first layer's input is always one of vocab_size embeddings, so its input
+    projection and biases become a (vocab, gates x H) table, looked up per step. No dropout, as in
+    eval mode. Build a new one after the weights change.
     """
 
-    def __init__(self, model: CharLSTM):
-        lstm = model.lstm
+    def __init__(self, model: CharRNN):
+        self.cell = model.cell
         self.layers = []
         for n in range(model.spec.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (
-                getattr(lstm, f"{kind}_l{n}").detach() for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )
-            self.layers.append((w_ih.numpy(), w_hh.numpy(), b_ih + b_hh))
-        self.table = torch.nn.functional.linear(model.embed.weight.detach(), lstm.weight_ih_l0.detach(), self.layers[0][2])
+            w_ih, w_hh, b_ih, b_hh = (w.detach() for w in model.layer_weights(n))
+            bias_in = b_ih + b_hh if self.cell.fold_hidden_bias else b_ih
+            self.layers.append((w_ih.numpy(), w_hh.numpy(), bias_in, b_hh))
+        w_ih0, bias_in0 = model.layer_weights(0)[0].detach(), self.layers[0][2]
+        self.table = torch.nn.functional.linear(model.embed.weight.detach(), w_ih0, bias_in0)
         self.head = model.head
 
     @staticmethod
-    def states(hidden: Hidden) -> LayerStates:
-        """nn.LSTM's (h, c), each (L, N, H) -> [(h, c)] per layer, what __call__ carries."""
-        return list(zip(hidden[0].unbind(0), hidden[1].unbind(0)))
+    def states(hidden: State) -> LayerStates:
+        """The model's state, each tensor (L, N, H) -> one state per layer, what __call__ carries."""
+        return [tuple(s[n] for s in hidden) for n in range(hidden[0].size(0))]
 
     def __call__(self, idx: torch.Tensor, states: LayerStates) -> tuple[torch.Tensor, LayerStates]:
         """idx (N,) int -> logits (N, vocab_size) of the next character, and the new states."""
         new, x = [], idx
-        for n, ((h, c), (w_ih, w_hh, bias)) in enumerate(zip(states, self.layers)):
-            inputs = self.table[x] if n == 0 else _times_t(x, w_ih).add_(bias)
-            gates = _times_t(h, w_hh).add_(inputs)
-            # One sigmoid over all four gates (the cell gate's share is wasted) and one tanh for the
-            # cell gate: at one character a step, each op's fixed cost outweighs its arithmetic.
-            i, f, _, o = gates.sigmoid().chunk(4, dim=1)
-            g = gates[:, 2 * h.size(1) : 3 * h.size(1)].tanh()
-            c = torch.addcmul(f * c, i, g)
-            x = o * c.tanh()
-            new.append((x, c))
+        for n, (state, (w_ih, w_hh, bias_in, b_hh)) in enumerate(zip(states, self.layers)):
+            xw = self.table[x] if n == 0 else times_t(x, w_ih).add_(bias_in)
+            x, state = self.cell.step(xw, state, w_hh, b_hh)
+            new.append(state)
         return self.head(x), new
 
 
-def _times_t(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
-    """x (N, in) @ w.T for w (out, in), by OpenBLAS; shares memory both ways, no copies."""
-    return torch.from_numpy(x.numpy() @ w.T)
+class FusedStepper:
+    """MatVecStepper's interface over the model itself: one fused torch RNN call per character."""
 
-
-class ModelCall:
-    """The Stepper's interface over the model itself: one fused LSTM call per character."""
-
-    def __init__(self, model: CharLSTM):
+    def __init__(self, model: CharRNN):
         self.model = model
 
     @staticmethod
-    def states(hidden: Hidden) -> Hidden:
+    def states(hidden: State) -> State:
         return hidden
 
-    def __call__(self, idx: torch.Tensor, states: Hidden) -> tuple[torch.Tensor, Hidden]:
+    def __call__(self, idx: torch.Tensor, states: State) -> tuple[torch.Tensor, State]:
         logits, hidden = self.model(idx.view(-1, 1), states)
         return logits[:, -1], hidden
 
 
 # oneDNN's repacking of the weights at every call is a fixed cost that a batch shares, and its
-# GEMMs are faster than the Stepper's (MKL's fp32 path is slow on AMD CPUs): from about 64
-# samples at once nn.LSTM wins on CPU (2x at 128 on 2 cores), below it the Stepper does (20x at
-# one sample). On a GPU one cuDNN call beats the Stepper's twenty small kernels.
+# GEMMs are faster than the MatVecStepper's: from about 64 samples at once the fused call wins on
+# CPU, below it the MatVecStepper does (docs/BENCHMARKS.md, "Sampling"). On a GPU one cuDNN call
+# beats the MatVecStepper's many small kernels.
 STEPPER_BELOW = 64
 
 
 @torch.inference_mode()
 def generate(
-    model: CharLSTM,
+    model: CharRNN,
     vocab: Vocab,
     prime: str,
     length: int,
@@ -135,7 +123,7 @@ def generate(
 # Below this many multiply-adds per step, a second torch thread costs more in hand-offs than it
 # saves: on 2 cores, 1 and 4 samples of a 2x512 model ran no faster on two threads, and 10-100x
 # slower while another process kept a core busy. Larger batches keep torch's setting. (The
-# Stepper's products run on numpy's OpenBLAS threads, OPENBLAS_NUM_THREADS, which did not
+# MatVecStepper's products run on numpy's OpenBLAS threads, OPENBLAS_NUM_THREADS, which did not
 # collapse that way.)
 ONE_THREAD_BELOW = 32_000_000
 
@@ -160,7 +148,7 @@ def _draw_one(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _draw(
-    model: CharLSTM, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int
+    model: CharRNN, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int
 ) -> torch.Tensor:
     """-> (num_samples, length) ids on the CPU."""
     device = model.head.weight.device
@@ -174,7 +162,7 @@ def _draw(
     idx = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0).expand(num_samples, -1)
     logits, hidden = model(idx)
     last = logits[:, -1]  # (N, V)
-    step = Stepper(model) if device.type == "cpu" and num_samples < STEPPER_BELOW else ModelCall(model)
+    step = MatVecStepper(model) if device.type == "cpu" and num_samples < STEPPER_BELOW else FusedStepper(model)
     states = step.states(hidden)
     out = []
     for i in range(length):

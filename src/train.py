@@ -36,7 +36,7 @@ from src import checkpoint, data, evaluate, fileio
 from src.config import Config
 from src.device import autocast, precision_name, resolve_device, resolve_precision
 from src.errors import KarnnaError
-from src.model import CharLSTM, ModelSpec, count_params, detach, sizing_advice
+from src.model import CharRNN, ModelSpec, State, count_params, detach, sizing_advice
 from src.report import EvalHook, Reporter
 from src.train_state import TrainPaths, TrainState, fingerprint
 from src.vocab import Vocab
@@ -89,22 +89,22 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, decay: str, min_ra
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_model(cfg: Config, vocab: Vocab, generator: Optional[torch.Generator] = None) -> CharLSTM:
+def build_model(cfg: Config, vocab: Vocab, generator: Optional[torch.Generator] = None) -> CharRNN:
     """The network, initialised from `generator` (torch's default initialisation, drawn from
     the training's own generator rather than the process-wide one) when given."""
     m = cfg.model
-    model = CharLSTM(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout))
+    model = CharRNN(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout, m.cell))
     if generator is not None:
         init_weights(model, generator)
     return model
 
 
 @torch.no_grad()
-def init_weights(model: CharLSTM, generator: torch.Generator) -> None:
-    """What nn.Embedding, nn.LSTM and nn.Linear's reset_parameters draw, from `generator`."""
+def init_weights(model: CharRNN, generator: torch.Generator) -> None:
+    """What nn.Embedding, nn.LSTM / GRU / RNN and nn.Linear's reset_parameters draw, from `generator`."""
     model.embed.weight.normal_(0.0, 1.0, generator=generator)
     bound = 1.0 / math.sqrt(model.spec.lstm_size)
-    for weight in model.lstm.parameters():
+    for weight in model.rnn.parameters():
         weight.uniform_(-bound, bound, generator=generator)
     torch.nn.init.kaiming_uniform_(model.head.weight, a=math.sqrt(5), generator=generator)
     # the head's fan-in is lstm_size too: the same bound for its bias
@@ -122,15 +122,15 @@ def generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.
 
 
 def train_step(
-    model: CharLSTM,
+    model: CharRNN,
     optimizer: torch.optim.Optimizer,
     schedule: Optional[torch.optim.lr_scheduler.LRScheduler],
     x: torch.Tensor,
     y: torch.Tensor,
-    hidden: tuple[torch.Tensor, ...],
+    hidden: State,
     amp: Optional[torch.dtype],
     grad_clip: float,
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+) -> tuple[torch.Tensor, torch.Tensor, State]:
     """One optimiser step on the window (x, y) from `hidden`; -> (loss, gradient norm, the next
     window's hidden state, detached). Loss and norm stay on the device: reading them waits for it."""
     with autocast(x.device, amp):
@@ -277,7 +277,7 @@ def train(
     total_steps = min(t.epochs * steps_per_epoch, t.max_steps or math.inf)
     state = new_state(cfg, vocab, total_steps, fingerprint(cfg, train_ids, val_ids), device, reporter.run_id)
     n_params = count_params(state.model)
-    log(f"model: {cfg.model.num_layers}x{cfg.model.lstm_size} LSTM on {device} ({precision_name(amp)})")
+    log(f"model: {cfg.model.num_layers}x{cfg.model.lstm_size} {cfg.model.cell.upper()} on {device} ({precision_name(amp)})")
     log(sizing_advice(n_params, len(train_ids)))
     reporter.log_params({
         "n_params": n_params, "vocab_size": vocab.size, "train_chars": len(train_ids), "val_chars": len(val_ids),

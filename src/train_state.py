@@ -20,7 +20,7 @@ import torch
 from src import checkpoint
 from src.config import Config
 from src.errors import KarnnaError
-from src.model import CharLSTM
+from src.model import CharRNN, State, load_weights
 
 # Params that change how often things are printed or saved, not the numbers a run produces.
 NOT_IN_FINGERPRINT = {"train.log_interval", "train.checkpoint_interval", "train.resume", "train.num_threads"}
@@ -89,7 +89,7 @@ class TrainState:
     validation loss, the histories and the MLflow run id. to_payload() is what models/last.pt
     holds; load_payload() puts a payload back into a state built for the same params and data."""
 
-    model: CharLSTM
+    model: CharRNN
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     total_steps: int
@@ -99,7 +99,7 @@ class TrainState:
     epoch: int = 0
     window: int = 0  # the next window of the epoch
     chars_seen: int = 0
-    hidden: Optional[tuple[torch.Tensor, ...]] = None  # the model's own state; None: zeros at an epoch start
+    hidden: Optional[State] = None  # None: zeros at the next window (an epoch start)
     best_val: float = math.inf
     best_step: int = 0
     last_val: float = math.nan
@@ -130,7 +130,7 @@ class TrainState:
         """Restore from a checkpoint payload (plan_resume's); the run id stays this run's."""
         r = payload["resume"]
         device = self.model.head.weight.device
-        self.model.load_state_dict(payload["state_dict"])
+        load_weights(self.model, checkpoint.state_dict(payload), "the checkpoint resumed from")
         self.optimizer.load_state_dict(r["optimizer"])
         self.schedule.load_state_dict(r["scheduler"])
         self.model.generator.set_state(r["rng"]["dropout"])

@@ -14,6 +14,7 @@ import yaml
 
 from src import data
 from src.config import config_from_dict
+from src.report import Reporter
 from src.vocab import build_vocab
 
 import torch
@@ -63,6 +64,21 @@ def tiny_data():
     vocab = build_vocab(TINY_TEXT, "lf")
     split = data.split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
     return vocab, split.train, split.val
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(Reporter):
+    """Raises at the first report at or after `step`, like a crash in the middle of training."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def log_metrics(self, metrics, step):
+        if step >= self.step:
+            raise Crash(f"crash at {step}")
 
 
 def assert_no_temp_files(folder: Path) -> None:

@@ -5,7 +5,7 @@ import torch
 
 from src import checkpoint
 from src.errors import KarnnaError
-from src.model import CharLSTM, ModelSpec
+from src.model import CharRNN, ModelSpec
 from src.vocab import build_vocab
 from tests.conftest import assert_no_temp_files
 
@@ -13,7 +13,7 @@ from tests.conftest import assert_no_temp_files
 def _model_and_vocab():
     vocab = build_vocab("abcdef \n", "lf")
     torch.manual_seed(0)
-    return CharLSTM(ModelSpec(vocab.size, 4, 8, 2, 0.1)), vocab
+    return CharRNN(ModelSpec(vocab.size, 4, 8, 2, 0.1)), vocab
 
 
 def test_round_trip(tmp_path):

@@ -4,7 +4,7 @@ import torch
 
 from src import data
 from src.errors import KarnnaError
-from src.model import CharLSTM, ModelSpec
+from src.model import CharRNN, ModelSpec
 
 
 def test_targets_are_the_next_character_everywhere():
@@ -47,7 +47,7 @@ def test_too_short_text_is_a_clear_error():
 def test_carried_state_equals_one_long_sequence():
     """Carrying (h, c) across windows gives the same outputs as reading the row in one go."""
     torch.manual_seed(0)
-    model = CharLSTM(ModelSpec(vocab_size=11, embedding_dim=4, lstm_size=8, num_layers=2, dropout=0.0)).eval()
+    model = CharRNN(ModelSpec(vocab_size=11, embedding_dim=4, lstm_size=8, num_layers=2, dropout=0.0)).eval()
     grid = data.batchify(torch.randint(0, 11, (2 * 41,)), 2)
     with torch.no_grad():
         whole, _ = model(grid[:, :-1])

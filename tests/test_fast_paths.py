@@ -6,15 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import SeedLSTM, get_batches, one_hot
-from src.model import CharLSTM, ModelSpec, dropout_mask
-from src.sample import STEPPER_BELOW, Stepper, generate
+from src.model import CharRNN, ModelSpec, dropout_mask
+from src.sample import STEPPER_BELOW, MatVecStepper, generate
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT
 
 
-def _model(vocab_size=20, layers=2, dropout=0.0, seed=0):
+CELLS = ["lstm", "gru", "rnn"]
+
+
+def _model(vocab_size=20, layers=2, dropout=0.0, seed=0, cell="lstm"):
     torch.manual_seed(seed)
-    return CharLSTM(ModelSpec(vocab_size, 8, 16, layers, dropout))
+    return CharRNN(ModelSpec(vocab_size, 8, 16, layers, dropout, cell))
 
 
 def test_embedding_model_is_the_seeds_one_hot_model():
@@ -24,7 +27,7 @@ def test_embedding_model_is_the_seeds_one_hot_model():
     with torch.no_grad():
         for name, p in seed.lstm.named_parameters():
             folded = name == "weight_ih_l0"
-            p.copy_(model.lstm.weight_ih_l0 @ model.embed.weight.T if folded else getattr(model.lstm, name))
+            p.copy_(model.rnn.weight_ih_l0 @ model.embed.weight.T if folded else getattr(model.rnn, name))
         seed.fc.load_state_dict(model.head.state_dict())
     x, y = next(get_batches(np.random.default_rng(0).integers(0, 20, 400), 4, 10))
     targets = torch.from_numpy(y.astype(np.int64)).flatten()
@@ -34,7 +37,7 @@ def test_embedding_model_is_the_seeds_one_hot_model():
     loss.backward()
     seed_loss.backward()
     assert torch.allclose(loss, seed_loss, atol=1e-6)
-    assert torch.allclose(model.lstm.weight_hh_l1.grad, seed.lstm.weight_hh_l1.grad, atol=1e-6)
+    assert torch.allclose(model.rnn.weight_hh_l1.grad, seed.lstm.weight_hh_l1.grad, atol=1e-6)
     assert torch.allclose(model.head.weight.grad, seed.fc.weight.grad, atol=1e-6)
 
 
@@ -57,13 +60,14 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
     assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
 
 
-def test_stepper_gives_the_models_logits_step_by_step():
-    model = _model(layers=3, dropout=0.3).eval()
+@pytest.mark.parametrize("cell", CELLS)
+def test_stepper_gives_the_models_logits_step_by_step(cell):
+    model = _model(layers=3, dropout=0.3, cell=cell).eval()
     idx = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         full, _ = model(idx)
         logits, hidden = model(idx[:, :1])
-        step = Stepper(model)
+        step = MatVecStepper(model)
         states = step.states(hidden)
         for t in range(1, idx.size(1)):
             logits, states = step(idx[:, t], states)
@@ -84,10 +88,11 @@ def _plain_generate(model, vocab, prime, length, top_k, seed, num_samples):
     return [prime + vocab.decode(row.tolist()) for row in torch.cat(out, 1)]
 
 
-def test_generate_draws_what_the_plain_loop_draws():
+@pytest.mark.parametrize("cell", CELLS)
+def test_generate_draws_what_the_plain_loop_draws(cell):
     vocab = build_vocab(TINY_TEXT, "lf")
-    model = _model(vocab.size).eval()
-    for seed, n in ((3, 1), (4, 5), (5, STEPPER_BELOW)):  # the Stepper, then the model's own call
+    model = _model(vocab.size, cell=cell).eval()
+    for seed, n in ((3, 1), (4, 5), (5, STEPPER_BELOW)):  # the MatVecStepper, then the model's own call
         assert generate(model, vocab, "The", 60, top_k=4, seed=seed, num_samples=n) == _plain_generate(
             model, vocab, "The", 60, 4, seed, n
         )
@@ -105,19 +110,23 @@ def test_generate_leaves_the_thread_setting_as_it_was():
         torch.set_num_threads(before)
 
 
-def test_layer_by_layer_lstm_is_nn_lstm():
-    """CPU training with dropout calls the LSTM one layer at a time; with p = 0 that is nn.LSTM exactly."""
-    model = _model(layers=3).train()
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_by_layer_is_the_torch_module(cell):
+    """CPU training with dropout calls the cell one layer at a time; with p = 0 that is nn.LSTM's
+    (nn.GRU's, nn.RNN's) result exactly."""
+    model = _model(layers=3, cell=cell).train()
     x = model.embed(torch.randint(0, 20, (7, 4), generator=torch.Generator().manual_seed(2)))  # (T, B, E)
-    h0 = tuple(torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(s)) for s in (3, 4))
-    fused, (h, c) = model.lstm(x, h0)
-    by_layer, (h2, c2) = model._lstm_by_layer(x, h0, 0.0)
-    assert torch.equal(fused, by_layer) and torch.equal(h, h2) and torch.equal(c, c2)
+    h0 = model.init_hidden(4)
+    h0 = tuple(torch.randn(t.shape, generator=torch.Generator().manual_seed(3 + i)) for i, t in enumerate(h0))
+    fused, h = model.rnn(x, h0 if cell == "lstm" else h0[0])
+    by_layer, h2 = model._by_layer(x, h0, 0.0)
+    assert torch.equal(fused, by_layer)
+    assert all(torch.equal(a, b) for a, b in zip(h if cell == "lstm" else (h,), h2, strict=True))
     grads = []
     for out in (fused, by_layer):
         model.zero_grad()
         out.pow(2).sum().backward(retain_graph=True)
-        grads.append(torch.cat([p.grad.flatten() for p in model.lstm.parameters()]))
+        grads.append(torch.cat([p.grad.flatten() for p in model.rnn.parameters()]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
@@ -149,7 +158,7 @@ def test_cpu_dropout_path_drops_and_scales_like_f_dropout():
     with torch.no_grad():
         torch.manual_seed(7)
         ours = torch.stack([model(x)[0] for _ in range(100)])
-        fused = torch.stack([model.head(F.dropout(model.lstm(model.embed(x.t()))[0], 0.5)).transpose(0, 1)
+        fused = torch.stack([model.head(F.dropout(model.rnn(model.embed(x.t()))[0], 0.5)).transpose(0, 1)
                              for _ in range(100)])
     assert (ours.mean(0) - fused.mean(0)).abs().mean() < 0.1 * fused.mean(0).abs().mean()
     assert 0.9 < ours.std(0).mean() / fused.std(0).mean() < 1.1

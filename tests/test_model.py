@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from src.config import config_from_dict
-from src.model import CharLSTM, ModelSpec, count_params, sizing_advice
+from src.model import CharRNN, ModelSpec, count_params, sizing_advice
 from src.train import TrainPaths, train
 from tests.conftest import tiny_params
 from src import data
@@ -12,22 +12,22 @@ from src.vocab import build_vocab
 
 
 def test_shapes():
-    model = CharLSTM(ModelSpec(vocab_size=20, embedding_dim=8, lstm_size=16, num_layers=3, dropout=0.2))
+    model = CharRNN(ModelSpec(vocab_size=20, embedding_dim=8, lstm_size=16, num_layers=3, dropout=0.2))
     logits, (h, c) = model(torch.zeros(4, 7, dtype=torch.long))
     assert logits.shape == (4, 7, 20)
     assert h.shape == c.shape == (3, 4, 16)
 
 
 def test_each_layer_has_its_own_weights():
-    model = CharLSTM(ModelSpec(vocab_size=20, embedding_dim=16, lstm_size=16, num_layers=2, dropout=0.0))
-    w0, w1 = model.lstm.weight_hh_l0, model.lstm.weight_hh_l1
+    model = CharRNN(ModelSpec(vocab_size=20, embedding_dim=16, lstm_size=16, num_layers=2, dropout=0.0))
+    w0, w1 = model.rnn.weight_hh_l0, model.rnn.weight_hh_l1
     assert w0.data_ptr() != w1.data_ptr() and not torch.equal(w0, w1)
 
 
 def test_initial_loss_is_about_ln_vocab_size():
     torch.manual_seed(0)
     vocab_size = 83
-    model = CharLSTM(ModelSpec(vocab_size, 64, 128, 2, 0.0))
+    model = CharRNN(ModelSpec(vocab_size, 64, 128, 2, 0.0))
     x = torch.randint(0, vocab_size, (8, 50))
     logits, _ = model(x)
     loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(0, vocab_size, (400,)))

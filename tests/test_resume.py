@@ -14,25 +14,9 @@ import yaml
 from src import checkpoint
 from src.config import config_from_dict
 from src.errors import KarnnaError
-from src.report import Reporter
 from src.train import TrainPaths, train
 from src.train_state import plan_resume
-from tests.conftest import _env, tiny_params, write_params
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Reporter):
-    """Raises at the first report at or after `step`, like a crash in the middle of training."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def log_metrics(self, metrics, step):
-        if step >= self.step:
-            raise Crash(f"crash at {step}")
+from tests.conftest import Crash, CrashAt, _env, tiny_params, write_params
 
 
 def _cfg(**train):

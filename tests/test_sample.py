@@ -3,7 +3,7 @@ import torch
 
 from src import checkpoint
 from src.errors import KarnnaError
-from src.model import CharLSTM, ModelSpec
+from src.model import CharRNN, ModelSpec
 from src.sample import generate, main
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT
@@ -13,7 +13,7 @@ from tests.conftest import TINY_TEXT
 def model_vocab():
     vocab = build_vocab(TINY_TEXT, "lf")
     torch.manual_seed(0)
-    return CharLSTM(ModelSpec(vocab.size, 8, 16, 2, 0.0)).eval(), vocab
+    return CharRNN(ModelSpec(vocab.size, 8, 16, 2, 0.0)).eval(), vocab
 
 
 def test_same_seed_same_text(model_vocab):
@@ -76,7 +76,7 @@ def test_cli(model_vocab, tmp_path, capsys):
 def _sharp_model(vocab, seed=0, scale=8.0):
     """A random model with logits spread wide enough that the top-k sets are clear cut."""
     torch.manual_seed(seed)
-    model = CharLSTM(ModelSpec(vocab.size, 8, 16, 2, 0.0)).eval()
+    model = CharRNN(ModelSpec(vocab.size, 8, 16, 2, 0.0)).eval()
     with torch.no_grad():
         model.head.weight.mul_(scale)
     return model

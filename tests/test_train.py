@@ -49,10 +49,10 @@ def test_validation_score_does_not_depend_on_training_shape(tmp_path, tiny_data)
 
 
 def test_evaluation_does_not_touch_training_mode(tiny_data):
-    from src.model import CharLSTM, ModelSpec
+    from src.model import CharRNN, ModelSpec
 
     vocab, _, va = tiny_data
-    model = CharLSTM(ModelSpec(vocab.size, 4, 8, 1, 0.5)).train()
+    model = CharRNN(ModelSpec(vocab.size, 4, 8, 1, 0.5)).train()
     evaluate.stream_loss(model, torch.from_numpy(va.astype(np.int64)), 2, 16)
     assert model.training
 
@@ -73,7 +73,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     from src.errors import KarnnaError
 
     def poisoned_model(cfg, vocab, generator=None):
-        model = train_module.CharLSTM(train_module.ModelSpec(
+        model = train_module.CharRNN(train_module.ModelSpec(
             vocab.size, cfg.model.embedding_dim, cfg.model.lstm_size, cfg.model.num_layers, cfg.model.dropout))
         calls = {"n": 0}
 

@@ -1,0 +1,115 @@
+"""model.cell: lstm, gru and rnn each train, resume exactly, evaluate, sample on the fast path,
+save and load; a checkpoint of one cell is never loaded as another."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src import checkpoint, evaluate
+from src.config import config_from_dict
+from src.errors import KarnnaError
+from src.model import CharRNN, ModelSpec, load_weights
+from src.sample import FusedStepper, MatVecStepper, generate
+from src.train import TrainPaths, train
+from src.train_state import plan_resume
+from tests.conftest import Crash, CrashAt, tiny_params
+
+CELLS = ["lstm", "gru", "rnn"]
+QUIET = {"progress": False, "log": lambda _: None}
+
+
+def _cfg(cell: str, **train):
+    return config_from_dict(tiny_params(
+        model={"cell": cell, "dropout": 0.3},
+        train={"max_steps": 40, "checkpoint_interval": 10, "eval_interval": 20, "epochs": 5, "log_interval": 1, **train},
+    ))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_each_cell_trains_resumes_exactly_and_reloads(tmp_path, tiny_data, cell):
+    vocab, tr, va = tiny_data
+    cfg = _cfg(cell)
+    full_paths = TrainPaths(tmp_path / "full-best.pt", tmp_path / "full-last.pt")
+    full = train(cfg, vocab, tr, va, full_paths, **QUIET)
+    assert full.train_history[-1][1] < full.train_history[0][1]  # it learns
+
+    paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
+    with pytest.raises(Crash):
+        train(cfg, vocab, tr, va, paths, reporter=CrashAt(27), **QUIET)
+    payload = plan_resume(cfg, tr, va, paths, log=lambda _: None)
+    assert payload["resume"]["step"] == 20 and len(payload["resume"]["hidden"]) == (2 if cell == "lstm" else 1)
+    resumed = train(cfg, vocab, tr, va, paths, resume=payload, **QUIET)
+    assert resumed.train_history == full.train_history and resumed.val_history == full.val_history
+
+    model, _, saved = checkpoint.load(paths.best)
+    assert model.spec.cell == cell and isinstance(model.rnn, {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
+                                                              "rnn": torch.nn.RNN}[cell])
+    # the evaluate stage's score of the best checkpoint is the validation loss training saw (fp32)
+    loss = evaluate.stream_loss(model, torch.from_numpy(va.astype("int64")), cfg.evaluate.rows, cfg.evaluate.chunk_len)
+    assert loss == pytest.approx(saved["val_loss"], rel=1e-5) and loss == pytest.approx(full.best_val_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_each_cell_samples_the_same_on_the_fast_and_the_fused_path(tiny_data, cell, monkeypatch):
+    vocab, _, _ = tiny_data
+    torch.manual_seed(0)
+    model = CharRNN(ModelSpec(vocab.size, 8, 16, 2, 0.0, cell)).eval()
+    used = []
+    for stepper in (MatVecStepper, FusedStepper):
+        monkeypatch.setattr("src.sample.MatVecStepper", stepper)
+        used.append(generate(model, vocab, "The", 80, top_k=3, seed=11))
+    assert used[0] == used[1]
+
+
+def test_a_gru_checkpoint_is_never_loaded_as_an_lstm(tmp_path, tiny_data):
+    vocab, tr, va = tiny_data
+    paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
+    with pytest.raises(Crash):
+        train(_cfg("gru"), vocab, tr, va, paths, reporter=CrashAt(15), **QUIET)
+    gru_weights = checkpoint.load_payload(paths.last)["state_dict"]
+    lstm = CharRNN(ModelSpec(vocab.size, 8, 32, 2, 0.3, "lstm"))
+    with pytest.raises(KarnnaError, match=r"weights of a GRU network \(model.cell: gru\).*model.cell: lstm"):
+        load_weights(lstm, gru_weights, "last.pt")
+    # resuming it with model.cell: lstm says which value changed, instead of loading it
+    with pytest.raises(KarnnaError, match=r"model.cell: 'gru' -> 'lstm'"):
+        plan_resume(_cfg("lstm", resume="require"), tr, va, paths)
+    messages = []
+    assert plan_resume(_cfg("lstm"), tr, va, paths, log=messages.append) is None
+    assert "model.cell" in messages[0]
+    # a checkpoint whose spec was made to say lstm over GRU weights is refused the same way
+    payload = checkpoint.load_payload(paths.last)
+    payload["model"]["cell"] = "lstm"
+    torch.save(payload, tmp_path / "mixed.pt")
+    with pytest.raises(KarnnaError, match="GRU network"):
+        checkpoint.load(tmp_path / "mixed.pt")
+
+
+def test_a_checkpoint_from_before_cells_loads_as_an_lstm(tmp_path, tiny_data):
+    """Checkpoints written before model.cell existed name no cell and call the layers `lstm.*`."""
+    vocab, _, _ = tiny_data
+    model = CharRNN(ModelSpec(vocab.size, 8, 16, 2, 0.0))
+    checkpoint.save(tmp_path / "new.pt", model, vocab, 3)
+    payload = checkpoint.load_payload(tmp_path / "new.pt")
+    del payload["model"]["cell"]
+    payload["state_dict"] = {k.replace("rnn.", "lstm.", 1): v for k, v in payload["state_dict"].items()}
+    torch.save(payload, tmp_path / "old.pt")
+    old, _, _ = checkpoint.load(tmp_path / "old.pt")
+    assert old.spec.cell == "lstm"
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_each_cell_is_served_by_the_mlflow_model(tmp_path, tiny_data, cell):
+    import mlflow.pyfunc
+
+    from src import registry
+
+    vocab, _, _ = tiny_data
+    torch.manual_seed(1)
+    model = CharRNN(ModelSpec(vocab.size, 8, 16, 2, 0.0, cell))
+    checkpoint.save(tmp_path / "best.pt", model, vocab, 5)
+    registry.save_served_model(tmp_path / "served", tmp_path / "best.pt", {"prime": "The", "length": 5})
+    served = mlflow.pyfunc.load_model(str(tmp_path / "served"))
+    (text,) = served.predict({"prime": "Happy", "length": 40, "seed": 3})
+    assert text == generate(model.eval(), vocab, "Happy", 40, top_k=5, seed=3)[0]
