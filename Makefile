@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages call `python`; this makes it the venv's without activating it.
 RUN    := PATH="$(abspath $(BIN)):$$PATH"
 
-.PHONY: setup repro test test-fast clean-venv
+.PHONY: setup repro test test-fast lint clean-venv
 
 setup: $(STAMP)
 
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml requirements.lock
 repro: setup
 	$(RUN) $(BIN)/dvc repro
 
-test: setup
+test: setup lint
 	$(RUN) $(BIN)/python -m pytest
+
+# ruff's lint rules (pyproject.toml, [tool.ruff]); the format check joins once the tree is formatted.
+lint: setup
+	$(BIN)/ruff check .
 
 test-fast: setup
 	$(RUN) $(BIN)/python -m pytest -m "not slow"

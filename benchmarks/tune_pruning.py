@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from src import fileio, tune
-from src.config import config_from_dict, section_from_dict, TuneConfig
+from src.config import TuneConfig, config_from_dict, section_from_dict
 from src.device import configure_process, resolve_device
 from src.vocab import Vocab
 

@@ -14,12 +14,11 @@ from typing import Iterator, Optional
 import torch
 
 from src import checkpoint
+from src.cells import LayerState, times_t
 from src.config import SampleConfig
 from src.errors import KarnnaError
-from src.cells import LayerState, times_t
 from src.model import CharRNN, State, count_params
 from src.vocab import Vocab
-
 
 LayerStates = list[LayerState]
 

@@ -29,6 +29,7 @@ from src.figures import save_loss_figure
 from src.mlflow_store import checkpoint_run, connect, experiment_id, is_missing, store_call
 from src.report import Reporter
 
+
 class MlflowReporter(Reporter):
     """Sends to one MLflow run. Metrics wait in memory until flush(), which hands them as one
     log_batch to a sender thread: the loop neither makes a store round trip per value nor waits

@@ -41,6 +41,7 @@ from src.report import EvalHook, Reporter
 from src.train_state import TrainPaths, TrainState, fingerprint
 from src.vocab import Vocab
 
+
 @dataclass
 class TrainResult:
     best_val_loss: float

@@ -19,7 +19,6 @@ import os
 import sys
 import tempfile
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +32,7 @@ from src import fileio, tracking
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
 from src.errors import KarnnaError
+from src.figures import study_figures
 from src.model import count_params
 from src.train import TrainPaths, build_model, train
 from src.vocab import Vocab
@@ -305,39 +305,6 @@ def write_best(study: optuna.Study, path: Path) -> Optional[dict[str, Any]]:
     }
     fileio.write_text(path, yaml.safe_dump(summary, sort_keys=False))
     return summary
-
-
-def study_figures(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optuna's plots as PNG files (history, importances, parallel coordinates, intermediate values)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
-    made = []
-    plots = {
-        "optimization_history": vis.plot_optimization_history,
-        "param_importances": vis.plot_param_importances,
-        "parallel_coordinate": vis.plot_parallel_coordinate,
-        "intermediate_values": vis.plot_intermediate_values,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                ax = plot(study)
-        except Exception:  # e.g. importances need two complete trials with varied params
-            continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        path = folder / f"{name}.png"
-        fig.set_size_inches(9, 5)
-        fig.tight_layout()
-        fileio.write_with(path, lambda p: fig.savefig(p, format="png", dpi=90))
-        plt.close(fig)
-        made.append(path)
-    return made
 
 
 def main(argv: Optional[list[str]] = None) -> int:

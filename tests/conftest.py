@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from src import data
 from src.config import config_from_dict
 from src.report import Reporter
 from src.vocab import build_vocab
-
-import torch
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
 # spin-waiting on each other slow them down by 10-100x. Subprocesses get the same via _env().

@@ -11,7 +11,6 @@ from src.sample import STEPPER_BELOW, MatVecStepper, generate
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT
 
-
 CELLS = ["lstm", "gru", "rnn"]
 
 

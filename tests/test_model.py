@@ -3,12 +3,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from src import data
 from src.config import config_from_dict
 from src.model import CharRNN, ModelSpec, count_params, sizing_advice
 from src.train import TrainPaths, train
-from tests.conftest import tiny_params
-from src import data
 from src.vocab import build_vocab
+from tests.conftest import tiny_params
 
 
 def test_shapes():

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
-
-import numpy as np
-import torch
 
 from src import checkpoint, data, evaluate, registry, serving, tracking
 from src.config import config_from_dict

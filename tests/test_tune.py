@@ -10,8 +10,8 @@ import numpy as np
 import optuna
 import pytest
 
-from src.config import config_from_dict, section_from_dict, TuneConfig
 from src import tune
+from src.config import TuneConfig, config_from_dict, section_from_dict
 from tests.conftest import _env, tiny_params
 
 

@@ -1,0 +1,47 @@
+"""The house rules on size (docs/DESIGN.md, "Where to make a change"): a function fits on a screen
+(80 lines at most), a module of the library does one job (400 lines at most)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 400
+CHECKED = ["src", "pipeline", "benchmarks", "tests"]
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`path:line name (n lines)` for each function or method longer than `limit` lines,
+    decorators and docstring included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            lines = node.end_lineno - first + 1
+            if lines > limit:
+                found.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_is_longer_than_a_screen():
+    found = [
+        f"{folder}/{f}" for folder in CHECKED for path in sorted((REPO / folder).glob("*.py")) for f in long_functions(path)
+    ]
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines; split them: " + "; ".join(found)
+
+
+def test_no_library_module_is_over_400_lines():
+    sizes = {p.relative_to(REPO): len(p.read_text(encoding="utf-8").splitlines()) for p in (REPO / "src").glob("*.py")}
+    over = {str(p): n for p, n in sorted(sizes.items()) if n > MAX_MODULE_LINES}
+    assert not over, f"src modules over {MAX_MODULE_LINES} lines (one job each: split them): {over}"
+
+
+def test_the_check_sees_a_long_function(tmp_path):
+    body = "\n".join(f"    x = {i}" for i in range(MAX_FUNCTION_LINES - 1))
+    path = tmp_path / "probe.py"
+    # f: 81 lines with its decorator; g: 80
+    path.write_text(f"@staticmethod\ndef f():\n{body}\n\n\ndef g():\n{body}\n")
+    assert [f.split()[1] for f in long_functions(path)] == ["f"]
