@@ -365,7 +365,7 @@ def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
     assert model.metadata.get_input_schema().input_names() == ["prime", "length", "temperature", "top_k", "seed"]
 
 
-def test_the_registered_model_holds_no_pickle(store, trained, tmp_path):
+def test_the_registered_model_holds_no_pickle(store, trained, tmp_path, monkeypatch):
     """Models from code: a code file names the class; weights and vocabulary are plain artifacts."""
     uri, _ = store
     client = client_for(uri)
@@ -379,6 +379,9 @@ def test_the_registered_model_holds_no_pickle(store, trained, tmp_path):
     assert {p.name for p in files} >= {"best.pt", "vocab.json", "served_model.py"}
     # the checkpoint artifact is a weights-only checkpoint
     assert checkpoint.load_payload(next(p for p in files if p.name == "best.pt"))["step"] > 0
+    # and it loads and generates where MLflow refuses to unpickle models
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    assert len(mlflow.pyfunc.load_model(str(folder)).predict({"prime": "Far", "length": 7})[0]) == 10
 
 
 # --- real servers -----------------------------------------------------------------------------
