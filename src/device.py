@@ -81,9 +81,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves blocks from 128 KiB (rising to 32 MiB) with mmap and unmaps them at free,
     and trims freed memory off the top of the heap. A training step allocates and frees the same
     activations, gates and gradients every time, so each step had the kernel fault in and zero
-    them again: 75k page faults and 18% of a step of the seed recipe on CPU, about 30% on two threads
-    (docs/BENCHMARKS.md, "Speed"). The price: the process keeps its peak memory (about 300 MB more
-    RSS for the seed recipe). Process-wide, like torch.set_num_threads. Returns whether it applied:
+    them again: a large share of a CPU step (docs/BENCHMARKS.md, "Speed"). The price: the process
+    keeps its peak memory (docs/DESIGN.md, "Freed memory on CPU"). Process-wide, like
+    torch.set_num_threads. Returns whether it applied:
     False where the C library is not glibc (macOS, musl), which keeps its default.
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":

@@ -142,7 +142,7 @@ def dropout_mask(
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
     bits = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     keep = bits >= cut - 32768
-    # via uint8: bool -> bfloat16 is a scalar loop on CPU, uint8 -> bfloat16 is vectorised (8x faster)
+    # via uint8: bool -> bfloat16 is a scalar loop on CPU, uint8 -> bfloat16 is vectorised
     return keep.view(torch.uint8).to(dtype).mul_(65536 / (65536 - cut))
 
 

@@ -33,7 +33,8 @@ from src.report import Reporter
 class MlflowReporter(Reporter):
     """Sends to one MLflow run. Metrics wait in memory until flush(), which hands them as one
     log_batch to a sender thread: the loop neither makes a store round trip per value nor waits
-    for the one per evaluation (a SQLite commit costs ~20 ms). A failed send is raised at the
+    for the one per evaluation (a SQLite commit per call would cost more than a small model's step:
+    docs/BENCHMARKS.md, "MLflow logging overhead"). A failed send is raised at the
     next flush() or wait()."""
 
     def __init__(

@@ -194,7 +194,7 @@ def _diverged(what: str, loss: float, step: int, cfg: Config) -> KarnnaError:
 
 
 @dataclass
-class Run:
+class TrainContext:
     """What one call of train() works with, besides its state."""
 
     cfg: Config
@@ -207,31 +207,31 @@ class Run:
     say: Callable[[str], None]  # a line for the user, above the progress bar
 
 
-def validate(run: Run, state: TrainState) -> None:
+def validate(ctx: TrainContext, state: TrainState) -> None:
     """Score the validation split, keep the best checkpoint, call the eval hooks."""
-    ev = run.cfg.evaluate
-    loss = evaluate.stream_loss(state.model, run.val, ev.rows, ev.chunk_len, run.amp)
+    ev = ctx.cfg.evaluate
+    loss = evaluate.stream_loss(state.model, ctx.val, ev.rows, ev.chunk_len, ctx.amp)
     if not math.isfinite(loss):
-        raise _diverged("validation", loss, state.step, run.cfg)
+        raise _diverged("validation", loss, state.step, ctx.cfg)
     state.last_val = loss
     state.val_history.append((state.step, loss))
     improved = loss < state.best_val
     if improved:
         state.best_val, state.best_step = loss, state.step
-        checkpoint.save(run.paths.best, state.model, run.vocab, state.step,
-                        {"run_id": state.run_id, "config": run.cfg.flat(), "val_loss": loss})
+        checkpoint.save(ctx.paths.best, state.model, ctx.vocab, state.step,
+                        {"run_id": state.run_id, "config": ctx.cfg.flat(), "val_loss": loss})
     train_loss = state.train_history[-1][1] if state.train_history else math.nan
-    run.say(
+    ctx.say(
         f"step {state.step:>6}/{state.total_steps}  train {train_loss:.4f}  "
         f"val {loss:.4f} nats ({loss / evaluate.LN2:.3f} bpc)  best {state.best_val:.4f} @ {state.best_step}"
         + ("  *" if improved else "")
     )
-    for hook in run.hooks:
+    for hook in ctx.hooks:
         hook(state.step, loss)
 
 
-def save_last(run: Run, state: TrainState) -> None:
-    checkpoint.save(run.paths.last, state.model, run.vocab, state.step, state.to_payload(run.cfg.flat()))
+def save_last(ctx: TrainContext, state: TrainState) -> None:
+    checkpoint.save(ctx.paths.last, state.model, ctx.vocab, state.step, state.to_payload(ctx.cfg.flat()))
 
 
 def new_state(cfg: Config, vocab: Vocab, total_steps: int, fp: dict[str, Any], device: torch.device,
@@ -290,10 +290,10 @@ def train(
     resumed_from = state.step
     bar = tqdm(total=total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
                mininterval=1.0)
-    run = Run(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval], bar.write if progress else log)
+    ctx = TrainContext(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval], bar.write if progress else log)
     start = time.perf_counter()
     try:
-        chars = run_steps(run, state, LossLog(cfg, reporter), bar)
+        chars = run_steps(ctx, state, LossLog(cfg, reporter), bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -307,17 +307,17 @@ def train(
     )
 
 
-def run_steps(run: Run, state: TrainState, losses: LossLog, bar: tqdm) -> int:
+def run_steps(ctx: TrainContext, state: TrainState, losses: LossLog, bar: tqdm) -> int:
     """Step until state.total_steps, evaluating and checkpointing on schedule; -> characters read."""
-    t = run.cfg.train
+    t = ctx.cfg.train
     chars = 0
     state.model.train()
     while state.step < state.total_steps:
         if state.hidden is None:
-            state.hidden = state.model.init_hidden(t.batch_size, run.grid.device)  # reset at each epoch start
-        for x, y in data.windows(run.grid, t.seq_len, start=state.window):
+            state.hidden = state.model.init_hidden(t.batch_size, ctx.grid.device)  # reset at each epoch start
+        for x, y in data.windows(ctx.grid, t.seq_len, start=state.window):
             loss, gnorm, state.hidden = train_step(
-                state.model, state.optimizer, state.schedule, x, y, state.hidden, run.amp, t.grad_clip
+                state.model, state.optimizer, state.schedule, x, y, state.hidden, ctx.amp, t.grad_clip
             )
             state.step += 1
             state.window += 1
@@ -330,22 +330,22 @@ def run_steps(run: Run, state: TrainState, losses: LossLog, bar: tqdm) -> int:
             saving = state.step % t.checkpoint_interval == 0 or end
             if state.step % t.log_interval == 0 or evaluating or saving:
                 losses.drain(state)  # the histories are complete in what is evaluated and saved
-                _show(bar, run, state, losses)
+                _show_progress(bar, ctx, state, losses)
             if evaluating:
-                validate(run, state)
+                validate(ctx, state)
             if saving:
-                save_last(run, state)
+                save_last(ctx, state)
             if end:
                 return chars
         state.epoch, state.window, state.hidden = state.epoch + 1, 0, None
     return chars
 
 
-def _show(bar: tqdm, run: Run, state: TrainState, losses: LossLog) -> None:
+def _show_progress(bar: tqdm, ctx: TrainContext, state: TrainState, losses: LossLog) -> None:
     if bar.disable:
         return
     val = f"{state.last_val:.3f}" if math.isfinite(state.last_val) else "-"
     bar.set_postfix_str(
-        f"epoch {state.epoch + 1}/{run.cfg.train.epochs} loss {losses.last_loss:.3f} val {val} "
+        f"epoch {state.epoch + 1}/{ctx.cfg.train.epochs} loss {losses.last_loss:.3f} val {val} "
         f"{losses.chars_per_sec / 1000:.1f}k char/s"
     )
