@@ -10,27 +10,21 @@ LSTM (input, forget, cell, output), GRU (reset, update, new).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 # A layer's state for one character: (h, c) for an LSTM, (h,) otherwise; each (N, H).
 LayerState = tuple[torch.Tensor, ...]
+# (x (N, in), a weight (out, in) prepared by the sampler) -> x @ w.T, a new (N, out) tensor
+Times = Callable[[torch.Tensor, Any], torch.Tensor]
+StepResult = tuple[torch.Tensor, LayerState]
 
 
-def times_t(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
-    """x (N, in) @ w.T for w (out, in), by numpy's BLAS; shares memory both ways, no copies.
-
-    For one character at a time this beats torch's own matmul path here (docs/BENCHMARKS.md,
-    "Sampling")."""
-    return torch.from_numpy(x.numpy() @ w.T)
-
-
-def _lstm_step(xw: torch.Tensor, state: LayerState, w_hh: np.ndarray, b_hh: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+def _lstm_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
     h, c = state
-    gates = times_t(h, w_hh).add_(xw)  # xw holds both biases
+    gates = times(h, w_hh).add_(xw)  # xw holds both biases
     # One sigmoid over all four gates (the cell gate's share is wasted) and one tanh for the cell
     # gate: at one character a step, each op's fixed cost outweighs its arithmetic.
     i, f, _, o = gates.sigmoid().chunk(4, dim=1)
@@ -40,19 +34,19 @@ def _lstm_step(xw: torch.Tensor, state: LayerState, w_hh: np.ndarray, b_hh: torc
     return h, (h, c)
 
 
-def _gru_step(xw: torch.Tensor, state: LayerState, w_hh: np.ndarray, b_hh: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+def _gru_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
     (h,) = state
     size = h.size(1)
-    gh = times_t(h, w_hh).add_(b_hh)  # the reset gate scales W_hn h + b_hn: b_hh stays apart
+    gh = times(h, w_hh).add_(b_hh)  # the reset gate scales W_hn h + b_hn: b_hh stays apart
     r, z = (xw[:, : 2 * size] + gh[:, : 2 * size]).sigmoid().chunk(2, dim=1)
     n = torch.addcmul(xw[:, 2 * size :], r, gh[:, 2 * size :]).tanh()
     h = torch.addcmul(n, z, h - n)  # (1 - z) * n + z * h
     return h, (h,)
 
 
-def _rnn_step(xw: torch.Tensor, state: LayerState, w_hh: np.ndarray, b_hh: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+def _rnn_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
     (h,) = state
-    h = times_t(h, w_hh).add_(xw).tanh_()  # xw holds both biases
+    h = times(h, w_hh).add_(xw).tanh_()  # xw holds both biases
     return h, (h,)
 
 
@@ -63,7 +57,9 @@ class Cell:
     layer: Callable  # torch.lstm / torch.gru / torch.rnn_tanh: one layer over a sequence
     gates: int  # blocks of `lstm_size` rows in weight_ih / weight_hh
     states: int  # state tensors carried: 2 for (h, c), else 1
-    step: Callable[[torch.Tensor, LayerState, np.ndarray, torch.Tensor], tuple[torch.Tensor, LayerState]]
+    # One character through one layer for the sampler: (input projection with its biases, the
+    # layer's state, W_hh as the sampler prepared it, b_hh, the sampler's matrix product).
+    step: Callable[[torch.Tensor, LayerState, Any, torch.Tensor, Times], StepResult]
     # Whether b_hh is added with the input projection (it may be folded into the embedding
     # table) or inside the step (the GRU's reset gate multiplies it).
     fold_hidden_bias: bool = True

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 
 from src import checkpoint
-from src.cells import LayerState, times_t
+from src.cells import LayerState
 from src.config import SampleConfig
 from src.errors import KarnnaError
 from src.model import CharRNN, State, count_params
@@ -55,10 +56,15 @@ class MatVecStepper:
         """idx (N,) int -> logits (N, vocab_size) of the next character, and the new states."""
         new, x = [], idx
         for n, (state, (w_ih, w_hh, bias_in, b_hh)) in enumerate(zip(states, self.layers)):
-            xw = self.table[x] if n == 0 else times_t(x, w_ih).add_(bias_in)
-            x, state = self.cell.step(xw, state, w_hh, b_hh)
+            xw = self.table[x] if n == 0 else _times_t(x, w_ih).add_(bias_in)
+            x, state = self.cell.step(xw, state, w_hh, b_hh, _times_t)
             new.append(state)
         return self.head(x), new
+
+
+def _times_t(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
+    """x (N, in) @ w.T for w (out, in), by numpy's BLAS; shares memory both ways, no copies."""
+    return torch.from_numpy(x.numpy() @ w.T)
 
 
 class FusedStepper:
