@@ -62,6 +62,9 @@ class TimedReporter(Reporter):
     def flush(self) -> None:
         self._timed(self.inner.flush)
 
+    def wait(self) -> None:
+        self._timed(self.inner.wait)
+
 
 class MlflowAsyncReporter(tracking.MlflowReporter):
     """src.tracking's reporter with MLflow's own asynchronous logging

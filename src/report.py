@@ -35,6 +35,10 @@ class Reporter:
         """Send everything logged so far (called at evaluations and at the end); a backend may
         send in the background, so the loop does not wait for the store."""
 
+    def wait(self) -> None:
+        """Flush, and return once the backend holds everything logged so far (called before each
+        resumable checkpoint)."""
+
     def finish_training(
         self,
         result: Any,

@@ -205,6 +205,7 @@ class TrainContext:
     amp: Optional[torch.dtype]
     hooks: Sequence[EvalHook]
     say: Callable[[str], None]  # a line for the user, above the progress bar
+    reporter: Reporter
 
 
 def validate(ctx: TrainContext, state: TrainState) -> None:
@@ -231,6 +232,9 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
 
 
 def save_last(ctx: TrainContext, state: TrainState) -> None:
+    # What was logged up to this step reaches the store before the checkpoint says the run got
+    # here: a run resumed from it logs only the steps after it again, so nothing may be in flight.
+    ctx.reporter.wait()
     checkpoint.save(ctx.paths.last, state.model, ctx.vocab, state.step, state.to_payload(ctx.cfg.flat()))
 
 
@@ -290,7 +294,8 @@ def train(
     resumed_from = state.step
     bar = tqdm(total=total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
                mininterval=1.0)
-    ctx = TrainContext(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval], bar.write if progress else log)
+    ctx = TrainContext(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval],
+                       bar.write if progress else log, reporter)
     start = time.perf_counter()
     try:
         chars = run_steps(ctx, state, LossLog(cfg, reporter), bar)

@@ -14,6 +14,7 @@ import yaml
 from src import checkpoint
 from src.config import config_from_dict
 from src.errors import KarnnaError
+from src.report import Reporter
 from src.train import TrainPaths, train
 from src.train_state import plan_resume
 from tests.conftest import Crash, CrashAt, _env, tiny_params, write_params
@@ -184,3 +185,33 @@ def test_kill_9_with_tracking_and_bf16_resumes_the_same_mlflow_run(stage_repo, t
     assert sorted(histories["killed"]["train_loss"]) == list(range(5, 121, 5))  # no gap
     assert sorted(histories["killed"]["val_loss"]) == [40, 80, 120]
     assert histories["killed"] == histories["clean"]
+
+
+def test_what_was_logged_reaches_the_store_before_each_resumable_checkpoint(tmp_path, tiny_data, monkeypatch):
+    """A run resumed from last.pt logs only the steps after it again, so at each last.pt write
+    the reporter must already hold everything logged before (a SIGKILL may follow at once)."""
+    import src.train as train_module
+
+    events = []
+
+    class Recorder(Reporter):
+        pending = 0
+
+        def log_metrics(self, metrics, step):
+            self.pending += 1
+
+        def wait(self):
+            self.pending = 0
+
+    reporter = Recorder()
+    save = train_module.checkpoint.save
+
+    def recorded_save(path, *args, **kwargs):
+        if path.name.endswith("last.pt"):
+            events.append(reporter.pending)
+        return save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.checkpoint, "save", recorded_save)
+    vocab, tr, va = tiny_data
+    train(_cfg(), vocab, tr, va, _paths(tmp_path, "w"), reporter=reporter, progress=False, log=lambda _: None)
+    assert len(events) == 6 and events == [0] * 6  # nothing in flight at any of the checkpoints

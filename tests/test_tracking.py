@@ -290,6 +290,9 @@ class CrashAt(Reporter):
     def flush(self):
         self.inner.flush()
 
+    def wait(self):
+        self.inner.wait()
+
 
 def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, tmp_path):
     uri, _ = store
