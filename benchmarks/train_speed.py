@@ -24,6 +24,7 @@ steps in fp32 and in bf16 from the same seed and in fp32 from the next seed; the
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -122,8 +123,11 @@ def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
                 with torch.no_grad():
                     for p, (fn, flops) in peak_fns.items():
                         cycle[f"peak {p}"] = peak.gemm_rate(fn, flops, args.peak_seconds)
-                    for p, best in roof_rates.items():  # every GEMM shape of the steps, kept at its best
-                        for key, rate in peak.shape_rates(roof_shapes, p, args.roofline_seconds).items():
+                    for p, best in roof_rates.items():  # every GEMM shape of the steps, this cycle and best
+                        rates = peak.shape_rates(roof_shapes, p, args.roofline_seconds)
+                        for name, g in gemms.items():
+                            cycle[f"roofline {name} {p}"] = peak.roofline_seconds(g, rates) / (BATCH * SEQ_LEN)
+                        for key, rate in rates.items():
                             best[key] = max(rate, best.get(key, 0.0))
             else:
                 rates = [BATCH * SEQ_LEN / t for t in trainers[task].timed_steps(args.steps)]
@@ -131,7 +135,8 @@ def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
                 cycle[task] = median(rates)
         cycles.append(cycle)
         print(f"cycle {c + 1}/{args.cycles}: " + ", ".join(
-            f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s") for k, v in cycle.items()
+            f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s")
+            for k, v in cycle.items() if not k.startswith("roofline")
         ), flush=True)
     roofline = {name: {p: peak.roofline_seconds(g, roof_rates[p]) / (BATCH * SEQ_LEN) for p in roof_rates}
                 for name, g in gemms.items()}  # seconds per character at each precision
@@ -184,18 +189,23 @@ def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
         cps = median(thr["steps"][key])
         ratio = median(c[key] / c["reference"] for c in cycles)
         util = median(c[key] * flops[key] / c[f"peak {precision[key]}"] for c in cycles)
-        roof_s = roof[model[key]][precision[key]]
-        roof_util = median(c[key] * roof_s for c in cycles)
+        roof_s = median(c[f"roofline {model[key]} {precision[key]}"] for c in cycles)
+        roof_util = median(c[key] * c[f"roofline {model[key]} {precision[key]}"] for c in cycles)
+        best_util = cps * roof[model[key]][precision[key]]
         rows.append([label, fmt_rate(cps), fmt_rate(ref), f"{ratio:.2f}x", f"{fmt_rate(cps * flops[key])}FLOP/s",
                      f"{util * 100:.0f}% (peak {precision[key]} {fmt_rate(peaks[precision[key]])}FLOP/s)",
-                     f"{roof_util * 100:.0f}% (roofline {fmt_rate(1 / roof_s)} chars/s)"])
-        out[key] = {"chars_per_sec": cps, "vs_reference": ratio, "utilisation": util, "roofline_utilisation": roof_util}
+                     f"{roof_util * 100:.0f}% (roofline {fmt_rate(1 / roof_s)} chars/s)",
+                     f"{best_util * 100:.0f}% ({fmt_rate(1 / roof[model[key]][precision[key]])} chars/s)"])
+        out[key] = {"chars_per_sec": cps, "vs_reference": ratio, "utilisation": util, "roofline_utilisation": roof_util,
+                    "best_rates_roofline_utilisation": best_util}
     print()
     print(table(["training step", "chars/s", "reference chars/s", "ratio", "model FLOP/s", "utilisation (single peak)",
-                 "of the step's own roofline"], rows))
+                 "of the step's own roofline", "of the roofline at the run's best rates"], rows))
     print("roofline: every GEMM of the step (forward input projection and recurrent steps, backward input and "
-          "recurrent gradients, weight gradients, output layer) at the fastest rate measured for its shape in "
-          "this run (torch.mm or oneDNN, any cycle), FLOP-weighted: the step's time if it were nothing but its GEMMs.")
+          "recurrent gradients, weight gradients, output layer) at the fastest rate measured for its shape "
+          "(torch.mm or oneDNN), FLOP-weighted: the step's time if it were nothing but its GEMMs. Own roofline: "
+          "each cycle's rates, median over cycles (load cancels, as in the ratios); best rates: each shape's "
+          "fastest in any cycle against the median step (lower while other processes load the machine).")
     bf16_rate = out["bf16"]["chars_per_sec"]
     print(f"\nratio and utilisation: medians over cycles of each cycle's own figures. FLOPs per character "
           f"(training, 3x forward): project {flops['bf16'] / 1e6:.2f}M, reference {flops['reference'] / 1e6:.2f}M. "
@@ -227,6 +237,11 @@ def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
             "quality_verdict": verdict, "goals": goals}
 
 
+def onednn_version() -> str:
+    found = re.search(r"(oneDNN|MKL-DNN) v[\d.]+", torch.__config__.show())
+    return found.group(0).replace("MKL-DNN", "oneDNN") if found else "no oneDNN in this torch build"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.splitlines()[0])
     p.add_argument("--cycles", type=int, default=8, help="interleaved cycles (default: %(default)s)")
@@ -250,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               if args.keep_freed_memory else "default (returns freed memory; every step faults it in again)"))
     print("path: project on CPU with dropout: src.model's layer-by-layer oneDNN LSTM (one torch.lstm call per "
           "layer, time-major) with its own 16-bit dropout masks; reference: nn.LSTM (both layers in one call) with "
-          f"ATen's bernoulli dropout; oneDNN {torch.backends.mkldnn.version() if hasattr(torch.backends.mkldnn, 'version') else '?'}")
+          f"ATen's bernoulli dropout; {onednn_version()}")
     vocab, train_ids, val_ids = novel_split()
     args.vocab_size, args.train_chars = vocab.size, len(train_ids)
     print(f"seed recipe: {NUM_LAYERS}x{LSTM_SIZE} LSTM, dropout {DROPOUT}, batch {BATCH} x {SEQ_LEN}; "
