@@ -72,12 +72,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     rates = peak.shape_rates([s for s, _ in gemms], args.precision, 0.1)
     roof = peak.roofline_seconds(gemms, rates)
     lstm = [(s, c) for s, c in gemms if s.what.startswith("layer")]
+    forward = [(s, c) for s, c in lstm if s.what.endswith(("input projection", "recurrent step"))]
+    backward = [g for g in lstm if g not in forward]
     print()
     print(table(["category", "ms per step", "share of the step"],
                 [[k, f"{v / 1e3:.1f}", f"{v / total * 100:.1f}%"] for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])]))
     print(f"\nroofline of the step: {roof * 1e3:.0f} ms ({BATCH * SEQ_LEN / roof / 1e3:.1f}k chars/s), of which the LSTM "
           f"layers' GEMMs {peak.roofline_seconds(lstm, rates) * 1e3:.0f} ms; measured step {total / 1e3:.0f} ms: "
           f"{roof / (total / 1e6) * 100:.0f}% of the roofline")
+    for label, part, cat in (("forward", forward, "oneDNN LSTM forward"), ("backward", backward, "oneDNN LSTM backward")):
+        t = peak.roofline_seconds(part, rates) * 1e6
+        print(f"oneDNN LSTM {label}: {by_cat[cat] / 1e3:.0f} ms against {t / 1e3:.0f} ms for its GEMMs at their best "
+              f"rates: {t / by_cat[cat] * 100:.0f}%, {(by_cat[cat] - t) / 1e3:.0f} ms lost")
     return 0
 
 
