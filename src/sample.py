@@ -87,9 +87,8 @@ def generate(
 
 # Below this many multiply-adds per step, a second torch thread costs more in hand-offs than it
 # saves: on 2 cores, 1 and 4 samples of a 2x512 model ran no faster on two threads, and 10-100x
-# slower while another process kept a core busy. Larger batches keep torch's setting. (The
-# Stepper's products run on numpy's OpenBLAS threads, OPENBLAS_NUM_THREADS, which did not
-# collapse that way.)
+# slower while another process kept a core busy. Larger batches keep torch's setting. (Where the
+# Stepper's products go through numpy, its BLAS threads are the path's own choice: src/stepper.py.)
 ONE_THREAD_BELOW = 32_000_000
 
 

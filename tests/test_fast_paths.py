@@ -107,12 +107,13 @@ def test_every_fp32_gemv_path_draws_the_plain_loops_text(path):
         )
 
 
-def test_pick_takes_the_fastest_fp32_path_and_bf16_only_by_a_clear_margin():
+def test_pick_takes_the_fastest_path_and_bf16_or_threaded_blas_only_by_a_clear_margin():
     pick = stepper_mod.pick
     assert pick({"numpy": 2.0, "numpy-1": 3.0, "torch": 1.0, "bf16": 0.9}) == "torch"  # bf16 within the margin
-    assert pick({"numpy": 1.0, "numpy-1": 3.0, "torch": 2.0, "bf16": 1.1}) == "numpy"
+    assert pick({"numpy": 1.0, "numpy-1": 1.25, "torch": 2.0, "bf16": 3.0}) == "numpy-1"  # threads: 1.25x, not enough
+    assert pick({"numpy": 1.0, "numpy-1": 2.0, "torch": 2.0, "bf16": 3.0}) == "numpy"  # 2x faster: taken
     assert pick({"numpy": 9.0, "numpy-1": 3.0, "torch": 2.0, "bf16": 1.0}) == "bf16"  # 2x faster: taken
-    assert pick({"numpy": 9.0, "numpy-1": 1.0}) == "numpy-1"
+    assert pick({"numpy": 9.0, "numpy-1": 1.0, "torch": 1.1, "bf16": 1.2}) == "numpy-1"
 
 
 def test_choose_path_measures_once_per_shape_and_thread_count(monkeypatch):
