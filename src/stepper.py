@@ -5,9 +5,9 @@ call: for one character that costs milliseconds, over ten times the arithmetic. 
 instead does a few matrix-vector products on weights prepared once. Which library does those
 products fastest depends on the CPU: on the AMD EPYC of docs/BENCHMARKS.md numpy's OpenBLAS read
 a 2048 x 512 fp32 matrix in 25 us against 54 us for torch's MKL path, while on an Intel Xeon
-with AMX the OpenBLAS path made sampling 3x slower than expected. So the path is not assumed:
-`choose_path` times every candidate on the model's own step when the first Stepper of a shape
-is built (a few milliseconds, once per process) and keeps the fastest.
+with AMX batch-1 sampling on the OpenBLAS path reached only 29% of its GEMV floor. So the path is
+not assumed: `choose_path` times every candidate on the model's own step when the first Stepper
+of a shape is built (about 40 ms for a 2 x 512 model, once per process) and keeps the fastest.
 
 Candidates (GEMV_PATHS):
 - "numpy": fp32, numpy's BLAS (OpenBLAS in the wheels) on its own threads (one per core);
