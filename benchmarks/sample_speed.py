@@ -1,9 +1,10 @@
 """Sampling speed: src.sample.generate against the seed's per-character loop, side by side.
 
     python -m benchmarks.sample_speed [--rounds 5] [--length 2000] [--ref-length 200]
-                                      [--batch 128] [--batch-length 200] [--threads 0] [--json PATH]
+                                      [--batch 128] [--batch-length 200] [--threads 0] [--cell lstm] [--json PATH]
 
-Both models are 2 x 512 LSTMs over the novel's 83 characters (random weights: the speed does not
+The project's model is a 2 x 512 network of `--cell` (an LSTM by default), the reference the
+seed's 2 x 512 LSTM, both over the novel's 83 characters (random weights: the speed does not
 depend on them), top-k 5, prime "Far".
 - reference: benchmarks.reference.seed_sample, batch 1, one nn.LSTM call per character and a
   numpy argsort for top-k; timed at --threads and at one thread, and the faster of the two is
@@ -12,8 +13,9 @@ depend on them), top-k 5, prime "Far".
 - project: generate() with one sample, and with --batch samples at once (total characters/s),
   the latter at --threads and at one thread.
 - the floor: one character's matrix-vector products alone (the stepper's weights, read once, by
-  the faster of torch on one thread and numpy's OpenBLAS),
-  the rate sampling would reach if nothing else cost anything; batch-1 utilisation is against it.
+  the fastest of the Stepper's candidate paths: numpy's BLAS on its threads or one, torch, bf16),
+  the rate sampling would reach if nothing else cost anything; batch-1 utilisation is the median
+  over rounds of each round's rate against that round's floor.
   Batched utilisation is model FLOP/s against the fp32 matmul peak (benchmarks.peak) at the same
   thread count, measured in the same rounds.
 Rounds run every variant in a rotating order; figures are medians over rounds.
@@ -31,34 +33,45 @@ from benchmarks import peak
 from benchmarks.common import fmt_rate, machine, median, read_novel, table, threads_arg, time_each, timed, write_json
 from benchmarks.reference import SeedLSTM, seed_sample
 from src.model import CharRNN, ModelSpec
-from src.sample import MatVecStepper, generate
+from src.sample import generate
+from src.stepper import GEMV_PATHS, blas_threads, chosen
 from src.vocab import build_vocab
 
 LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
 
 
 def gemv_floor_seconds(model: CharRNN, repeats: int = 200) -> float:
-    """Seconds of one character's matrix-vector products, nothing else: for each matrix the faster
-    of torch (one thread) and numpy's OpenBLAS (its own threads, as the MatVecStepper calls it)."""
-    step = MatVecStepper(model)
-    mats = [w for w_ih, w_hh, _ in step.layers for w in (w_ih, w_hh)][1:] + [model.head.weight.detach().numpy()]
+    """Seconds of one character's matrix-vector products, nothing else, on the fastest of the
+    Stepper's candidate paths (src.stepper.GEMV_PATHS; torch on one thread, as generate() runs
+    it): the rate sampling would reach if nothing else cost anything. Each path is timed as a
+    burst of `repeats` characters' products back to back (the mean, as a generate() call meets
+    the machine's load over its whole length, not the median of quiet microseconds)."""
+    mats = [w.detach() for n in range(NUM_LAYERS) for w in model.layer_weights(n)[:2]]
+    mats = mats[1:] + [model.head.weight.detach()]  # the first input projection is a table lookup
     vec = torch.randn(1, LSTM_SIZE)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
 
-    def seconds(fn) -> float:
-        time_each(fn, 10)  # warm-up
-        return median(time_each(fn, repeats))
+    def seconds(path: str) -> float:
+        prepare, times = GEMV_PATHS[path]
+        prepared = [prepare(w) for w in mats]
+
+        def one_char():
+            for w in prepared:
+                times(vec, w)
+
+        with blas_threads(path):
+            time_each(one_char, 10)  # warm-up
+            return timed(lambda: [one_char() for _ in range(repeats)]) / repeats
 
     try:
         with torch.inference_mode():
-            return sum(min(seconds(lambda: torch.mm(vec, torch.from_numpy(w).t())), seconds(lambda: w @ vec.numpy().T))
-                       for w in mats)
+            return min(seconds(path) for path in GEMV_PATHS)
     finally:
         torch.set_num_threads(before)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sample_speed", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
     p.add_argument("--length", type=int, default=2000, help="characters per batch-1 generate() call")
@@ -66,16 +79,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=128, help="samples generated at once (default: %(default)s)")
     p.add_argument("--batch-length", type=int, default=200, help="characters per sample in the batched call")
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
+    p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm",
+                   help="the project's model.cell (the reference is the seed's LSTM); default: %(default)s")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(machine(args.threads))
-    vocab = build_vocab(read_novel(), "lf")
-    torch.manual_seed(0)
-    model = CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
+    return p.parse_args(argv)
+
+
+def make_tasks(args, model: CharRNN, vocab, thread_settings: list[int]) -> tuple[dict[str, tuple[Any, int]], dict]:
+    """name -> (a timed run, the characters it makes); and the batched names -> their threads."""
     reference = SeedLSTM(vocab.size, LSTM_SIZE, NUM_LAYERS, 0.5).eval()
     char_to_id = {c: i for i, c in enumerate(vocab.chars)}
-    thread_settings = sorted({args.threads, 1}, reverse=True)
 
     def with_threads(n: int, fn):
         def run() -> float:
@@ -86,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 torch.set_num_threads(args.threads)
         return run
 
-    tasks: dict[str, tuple[Any, int]] = {}  # name -> (timed run, characters it makes)
+    tasks: dict[str, tuple[Any, int]] = {}
     for n in thread_settings:
         tasks[f"reference, batch 1, {n} thread(s)"] = (
             with_threads(n, lambda: seed_sample(reference, char_to_id, vocab.chars, PRIME, args.ref_length, TOP_K)),
@@ -101,8 +114,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                                              num_samples=args.batch)),
             args.batch * args.batch_length,
         )
-    shapes = [peak.Shape(args.batch, LSTM_SIZE, 4 * LSTM_SIZE, "recurrent step of the batch"),
-              peak.Shape(100 * args.batch, LSTM_SIZE, 4 * LSTM_SIZE, "large")]
+    return tasks, batched
+
+
+def run_rounds(args, tasks, model: CharRNN, thread_settings: list[int]):
+    """Every task, the GEMV floor and the fp32 peak per round, in a rotating order; -> (rates per
+    task, floor seconds, peaks per thread count), one entry per round."""
+    gates = model.cell.gates
+    shapes = [peak.Shape(args.batch, LSTM_SIZE, gates * LSTM_SIZE, "recurrent step of the batch"),
+              peak.Shape(100 * args.batch, LSTM_SIZE, gates * LSTM_SIZE, "large")]
     for run, _ in tasks.values():
         run()  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in tasks}
@@ -122,7 +142,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 rates[name].append(chars / run())
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {fmt_rate(v[-1])}" for k, v in rates.items()),
               flush=True)
+    return rates, floors, peaks
 
+
+def report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings) -> dict[str, Any]:
     ref_names = [f"reference, batch 1, {n} thread(s)" for n in thread_settings]
     ref_best = max(median(rates[name]) for name in ref_names)
     # Each round's ratio against that round's faster reference: load that comes and goes cancels.
@@ -136,23 +159,42 @@ def main(argv: Optional[list[str]] = None) -> int:
         if name in batched:
             top = fp32_peak[batched[name]]
             util = f"{cps * flops / top * 100:.0f}% of the fp32 peak at its threads, {fmt_rate(top)}FLOP/s"
-        else:
-            util = f"{cps / floor_rate * 100:.0f}% of the GEMV floor {fmt_rate(floor_rate)} chars/s"
+        else:  # each round against its own floor, as the ratios
+            share = median(mine * floor for mine, floor in zip(rates[name], floors))
+            util = f"{share * 100:.0f}% of the GEMV floor {fmt_rate(floor_rate)} chars/s"
         ratio = median(mine / ref for mine, ref in zip(rates[name], ref_by_round))
         rows.append([name, fmt_rate(cps), fmt_rate(ref_best), f"{ratio:.1f}x", util])
         out[name] = {"chars_per_sec": cps, "vs_reference": ratio, "per_round": rates[name]}
+    for (cell, _, threads), (path, times) in chosen().items():
+        print(f"path: the Stepper chose {path!r} for the {cell} at {threads} torch thread(s) by timing one step of "
+              "each candidate (median us): " + ", ".join(f"{p} {t * 1e6:.0f}" for p, t in times.items()))
     print()
     print(table(["sampling", "chars/s", "reference chars/s (best)", "ratio (median of rounds)", "utilisation"], rows))
-    print(f"\nforward FLOPs per generated character: {flops / 1e6:.2f}M (the first layer's input projection "
-          "is a table lookup)")
+    print(f"\nforward FLOPs per generated character (LSTM): {flops / 1e6:.2f}M (the first layer's input "
+          "projection is a table lookup)")
     single = out["project, batch 1"]["vs_reference"]
+    share = median(mine * floor for mine, floor in zip(rates["project, batch 1"], floors))
     many = max(out[name]["vs_reference"] for name in batched)
     print(f"goals: batch 1 >= 5x: {'met' if single >= 5 else 'not met'} ({single:.1f}x); "
+          f"batch 1 >= 50% of the GEMV floor: {'met' if share >= 0.5 else 'not met'} ({share * 100:.0f}%); "
           f"batch {args.batch} >= 20x: {'met' if many >= 20 else 'not met'} ({many:.1f}x)")
-    write_json(args.json, {"machine": machine(args.threads), "results": out, "gemv_floor_chars_per_sec": floor_rate,
-                           "fp32_peak": fp32_peak, "flops_per_char": flops})
-    return 0
+    return {"machine": machine(args.threads), "cell": args.cell, "results": out,
+            "stepper_choice": {str(k[2]): v for k, v in chosen().items()}, "gemv_floor_chars_per_sec": floor_rate,
+            "fp32_peak": fp32_peak, "flops_per_char": flops}
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(machine(args.threads) + f"; project cell: {args.cell}")
+    vocab = build_vocab(read_novel(), "lf")
+    torch.manual_seed(0)
+    model = CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5, args.cell)).eval()
+    thread_settings = sorted({args.threads, 1}, reverse=True)
+    tasks, batched = make_tasks(args, model, vocab, thread_settings)
+    rates, floors, peaks = run_rounds(args, tasks, model, thread_settings)
+    write_json(args.json, report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings))
+    return 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -11,64 +11,19 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 
 from src import checkpoint
-from src.cells import LayerState
 from src.config import SampleConfig
 from src.errors import KarnnaError
 from src.model import CharRNN, State, count_params
+from src.stepper import Stepper
 from src.vocab import Vocab
-
-LayerStates = list[LayerState]
-
-
-class MatVecStepper:
-    """Advances a CharRNN by one character per call, for generation; a snapshot of its weights.
-
-    The torch module on CPU goes through oneDNN, which reorders the weights into its own layout
-    on every call: for one character that costs far more than the arithmetic. Here a step is a
-    few matrix-vector products on weights prepared once, by numpy's BLAS (faster than torch's
-    path for one character here: docs/BENCHMARKS.md, "Sampling"), and the cell's own step
-    (src.cells). The first layer's input is always one of vocab_size embeddings, so its input
-    projection and biases become a (vocab, gates x H) table, looked up per step. No dropout, as in
-    eval mode. Build a new one after the weights change.
-    """
-
-    def __init__(self, model: CharRNN):
-        self.cell = model.cell
-        self.layers = []
-        for n in range(model.spec.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (w.detach() for w in model.layer_weights(n))
-            bias_in = b_ih + b_hh if self.cell.fold_hidden_bias else b_ih
-            self.layers.append((w_ih.numpy(), w_hh.numpy(), bias_in, b_hh))
-        w_ih0, bias_in0 = model.layer_weights(0)[0].detach(), self.layers[0][2]
-        self.table = torch.nn.functional.linear(model.embed.weight.detach(), w_ih0, bias_in0)
-        self.head = model.head
-
-    @staticmethod
-    def states(hidden: State) -> LayerStates:
-        """The model's state, each tensor (L, N, H) -> one state per layer, what __call__ carries."""
-        return [tuple(s[n] for s in hidden) for n in range(hidden[0].size(0))]
-
-    def __call__(self, idx: torch.Tensor, states: LayerStates) -> tuple[torch.Tensor, LayerStates]:
-        """idx (N,) int -> logits (N, vocab_size) of the next character, and the new states."""
-        new, x = [], idx
-        for n, (state, (w_ih, w_hh, bias_in, b_hh)) in enumerate(zip(states, self.layers)):
-            xw = self.table[x] if n == 0 else _times_t(x, w_ih).add_(bias_in)
-            x, state = self.cell.step(xw, state, w_hh, b_hh, _times_t)
-            new.append(state)
-        return self.head(x), new
-
-
-def _times_t(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
-    """x (N, in) @ w.T for w (out, in), by numpy's BLAS; shares memory both ways, no copies."""
-    return torch.from_numpy(x.numpy() @ w.T)
 
 
 class FusedStepper:
-    """MatVecStepper's interface over the model itself: one fused torch RNN call per character."""
+    """The Stepper's interface over the model itself: one fused torch RNN call per character (the
+    torch module's own LSTM / GRU / RNN kernel), for batches and GPUs."""
 
     def __init__(self, model: CharRNN):
         self.model = model
@@ -77,15 +32,19 @@ class FusedStepper:
     def states(hidden: State) -> State:
         return hidden
 
+    @staticmethod
+    def threads() -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
     def __call__(self, idx: torch.Tensor, states: State) -> tuple[torch.Tensor, State]:
         logits, hidden = self.model(idx.view(-1, 1), states)
         return logits[:, -1], hidden
 
 
 # oneDNN's repacking of the weights at every call is a fixed cost that a batch shares, and its
-# GEMMs are faster than the MatVecStepper's: from about 64 samples at once the fused call wins on
-# CPU, below it the MatVecStepper does (docs/BENCHMARKS.md, "Sampling"). On a GPU one cuDNN call
-# beats the MatVecStepper's many small kernels.
+# GEMMs are faster than the Stepper's GEMVs: from about 64 samples at once the fused call wins on
+# CPU, below it the Stepper does (docs/BENCHMARKS.md, "Sampling"). On a GPU one cuDNN call beats
+# the Stepper's many small kernels.
 STEPPER_BELOW = 64
 
 
@@ -99,13 +58,15 @@ def generate(
     temperature: float = 1.0,
     seed: Optional[int] = None,
     num_samples: int = 1,
+    gemv: Optional[str] = None,
 ) -> list[str]:
     """-> num_samples continuations of `prime`, each prime + `length` new characters.
 
     top_k=1 is greedy; top_k=0 samples from the whole distribution. The prime is read in one
     call; then one step per character for all samples at once (a batch of num_samples). The
     same seed gives the same text on the same kind of device (the draws come from a generator
-    on the model's device: the CPU's for MPS).
+    on the model's device: the CPU's for MPS). `gemv` names the Stepper's matrix-vector path
+    (src.stepper.GEMV_PATHS); None measures which is fastest here, once per process.
     """
     if length < 1:
         raise KarnnaError(f"sample length is {length}; ask for at least 1 character")
@@ -121,15 +82,14 @@ def generate(
     device = model.head.weight.device
     k = top_k if 0 < top_k < vocab.size else 0
     with _threads_for(device, num_samples * count_params(model)):
-        out = _draw(model, prime_ids, length, k, temperature, seed, num_samples)
+        out = _draw(model, prime_ids, length, k, temperature, seed, num_samples, gemv)
     return [prime + vocab.decode(row.tolist()) for row in out]
 
 
 # Below this many multiply-adds per step, a second torch thread costs more in hand-offs than it
 # saves: on 2 cores, 1 and 4 samples of a 2x512 model ran no faster on two threads, and 10-100x
-# slower while another process kept a core busy. Larger batches keep torch's setting. (The
-# MatVecStepper's products run on numpy's OpenBLAS threads, OPENBLAS_NUM_THREADS, which did not
-# collapse that way.)
+# slower while another process kept a core busy. Larger batches keep torch's setting. (Where the
+# Stepper's products go through numpy, its BLAS threads are the path's own choice: src/stepper.py.)
 ONE_THREAD_BELOW = 32_000_000
 
 
@@ -153,7 +113,8 @@ def _draw_one(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _draw(
-    model: CharRNN, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int
+    model: CharRNN, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int,
+    gemv: Optional[str] = None,
 ) -> torch.Tensor:
     """-> (num_samples, length) ids on the CPU."""
     device = model.head.weight.device
@@ -166,9 +127,16 @@ def _draw(
         gen.seed()
     idx = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0).expand(num_samples, -1)
     logits, hidden = model(idx)
-    last = logits[:, -1]  # (N, V)
-    step = MatVecStepper(model) if device.type == "cpu" and num_samples < STEPPER_BELOW else FusedStepper(model)
+    step = Stepper(model, gemv) if device.type == "cpu" and num_samples < STEPPER_BELOW else FusedStepper(model)
     states = step.states(hidden)
+    with step.threads():
+        return _loop(step, states, logits[:, -1], length, k, temperature, gen, draw_on)
+
+
+def _loop(step, states, last: torch.Tensor, length: int, k: int, temperature: float, gen: torch.Generator,
+          draw_on: torch.device) -> torch.Tensor:
+    """-> (N, length) ids on the CPU: draw from `last`, step, repeat."""
+    device = last.device
     out = []
     for i in range(length):
         if k == 1:
