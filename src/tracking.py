@@ -9,6 +9,7 @@ and tracking URI, so trials of a tuner may train in threads side by side. See do
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 import shutil
@@ -21,14 +22,14 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.entities import LoggedModelOutput, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -40,6 +41,8 @@ from src.errors import KarnnaError
 from src.report import Reporter
 
 CHAMPION = "champion"
+# MLflow 3 opens an experiment with this tag on its training runs, not on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A reachable server answers at once; this only bounds a black-holed address.
 CONNECT_TIMEOUT_S = 5.0
 # What the served model accepts, so one request cannot tie the server up for minutes.
@@ -65,6 +68,26 @@ class Registration:
         before = "no champion before" if self.previous_best is None else f"champion had {self.previous_best:.4f}"
         verdict = f"now @{CHAMPION}" if self.champion else f"@{CHAMPION} unchanged"
         return f"registered {self.model_name} version {self.version} ({verdict}; {before})"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run trained or validated on, for the runs table's Dataset column."""
+
+    name: str  # e.g. "anna-train"
+    digest: str  # DVC's hash of the file (md5), so MLflow and dvc.lock name the same data
+    source: str  # the corpus: a local path or a URL
+    context: str  # "training" | "validation"
+    chars: int
+
+    def as_input(self) -> DatasetInput:
+        remote = urllib.parse.urlparse(self.source).scheme in ("http", "https")
+        source = {"url": self.source} if remote else {"uri": Path(self.source).resolve().as_uri()}
+        dataset = Dataset(
+            self.name, self.digest, "http" if remote else "local", json.dumps(source),
+            profile=json.dumps({"num_chars": self.chars}),
+        )
+        return DatasetInput(dataset, [InputTag("mlflow.data.context", self.context)])
 
 
 class TrainingReporter(Reporter):
@@ -252,6 +275,7 @@ def start_training_run(
     parent_run_id: Optional[str] = None,
     run_name: Optional[str] = None,
     stops: tuple[type[BaseException], ...] = (),
+    datasets: Sequence[DatasetInfo] = (),
 ) -> Iterator[TrainingReporter]:
     """One MLflow run around a training; yields the reporter to hand to src.train.train.
 
@@ -268,6 +292,7 @@ def start_training_run(
 
     `parent_run_id` makes the run a child (a tuning trial under its study's run), passed
     explicitly because MLflow's active run is per thread and trials may run in threads.
+    `datasets` become the new run's dataset inputs.
     """
     if not cfg.tracking.enabled:
         yield TrainingReporter()
@@ -285,6 +310,8 @@ def start_training_run(
             tags["mlflow.parentRunId"] = parent_run_id
         name = run_name or context.get("dvc_exp_name")
         run = _store_call(uri, lambda: client.create_run(experiment_id, tags=tags, run_name=name))
+        if datasets:
+            _store_call(uri, lambda: client.log_inputs(run.info.run_id, [d.as_input() for d in datasets]))
     reporter = MlflowReporter(client, run.info.run_id, experiment_id, cfg, logged_params=run.data.params)
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
@@ -426,6 +453,15 @@ def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[s
     connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
 
 
+def end_failed_run(tracking_uri: Optional[str], run_id: Optional[str], reason: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+    """End a run another process left RUNNING (killed outright): FAILED, `failure_reason` set."""
+    if tracking_uri is None or run_id is None:
+        return
+    client = connect(tracking_uri)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in {**(tags or {}), "failure_reason": reason}.items()])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, after checking that an HTTP server answers at all.
 
@@ -455,7 +491,7 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return client.create_experiment(name, artifact_location=_artifact_location(uri))
+                return client.create_experiment(name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_KIND)
             except MlflowException as exc:  # another process created it meanwhile
                 if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
@@ -465,6 +501,9 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
                 f"experiment {name!r} is deleted in {uri}; restore it (`mlflow experiments restore "
                 f"--experiment-id {experiment.experiment_id}`) or set another tracking.experiment"
             )
+        for key, value in EXPERIMENT_KIND.items():  # an experiment made before the tag, or by hand
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     return _store_call(uri, get_or_create)
