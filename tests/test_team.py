@@ -132,6 +132,16 @@ def test_what_one_clone_pushes_a_sibling_pulls_with_nothing_to_rerun(team):
     assert (bob / "models/best.pt").read_bytes() == before
 
 
+def test_the_tracking_server_refuses_an_unreachable_database_in_one_line(tmp_path):
+    db = f"postgresql://karnna:s3cret@127.0.0.1:{free_port()}/karnna_mlflow"
+    proc = run(REPO, sys.executable, "-m", "src.tracking_server", "--db", db, "--artifacts",
+               str(tmp_path / "artifacts"), check=False, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: tracking database postgresql://karnna:***@127.0.0.1")
+    assert proc.stderr.count("\n") == 1 and "s3cret" not in proc.stderr
+    assert not (tmp_path / "artifacts").exists()  # nothing made before the check
+
+
 # --- one tracking server on PostgreSQL ------------------------------------------------------------
 
 
@@ -251,6 +261,20 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
         run(frank, "dvc", "repro", "split")
         env = {**_env(), **GIT_USER, "MLFLOW_TRACKING_URI": server}
         cmd = [sys.executable, "-m", "src.tune", "--storage", storage, "--heartbeat", "1", "--no-progress"]
+        # A study database that does not answer: one line, before any trial or MLflow run.
+        client = MlflowClient(server)
+
+        def runs_now() -> int:
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            return 0 if experiment is None else len(client.search_runs([experiment.experiment_id]))
+
+        before = runs_now()
+        dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+        refused = run(frank, sys.executable, "-m", "src.tune", "--storage", dead, "--no-progress", env=env,
+                      check=False)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: cannot open the study storage {dead}")
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert runs_now() == before
 
         def worker(*args: str) -> subprocess.Popen:
             return subprocess.Popen([*cmd, *args], cwd=frank, env=env, text=True,
@@ -274,7 +298,6 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
         by_survivor = [t for t in trials if t.user_attrs["worker"].endswith(f":{survivor.pid}")]
         assert len(by_survivor) >= 3 and all(t.state.is_finished() for t in trials)
 
-        client = MlflowClient(server)
         parent = study.user_attrs["mlflow_parent_run_id"]
         experiment = client.get_experiment_by_name(EXPERIMENT)
         children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
