@@ -453,6 +453,14 @@ def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[s
     connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
 
 
+def check_store(uri: str) -> None:
+    """Fail in one line unless the store answers a query: a server whose database is down still
+    answers /health. A SQLite file is only checked for its folder (a query would create it)."""
+    client = connect(uri)
+    if not uri.startswith("sqlite:"):
+        _store_call(uri, lambda: client.search_experiments(max_results=1))
+
+
 def end_failed_run(tracking_uri: Optional[str], run_id: Optional[str], reason: str, tags: Optional[Mapping[str, Any]] = None) -> None:
     """End a run another process left RUNNING (killed outright): FAILED, `failure_reason` set."""
     if tracking_uri is None or run_id is None:

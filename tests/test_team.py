@@ -121,15 +121,19 @@ def test_what_one_clone_pushes_a_sibling_pulls_with_nothing_to_rerun(team):
     assert any(p.is_file() for p in own.rglob("*"))
     assert run(bob, "git", "status", "--porcelain").stdout == ""
 
-    # An unreachable tracking server: one line before training, and the pulled model is kept.
+    # Before training, `python -m src.preflight` checks the remote and the tracking store: an
+    # unreachable one is one line, and the checkout is left as it was.
+    assert run(bob, sys.executable, "-m", "src.preflight").stdout.startswith(f"ok: DVC remote 'team': {own}")
     dead = f"http://127.0.0.1:{free_port()}"
-    before = (bob / "models/best.pt").read_bytes()
-    failed = run(bob, "dvc", "repro", "-f", "train", env={"MLFLOW_TRACKING_URI": dead}, check=False)
-    assert failed.returncode != 0
-    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"{dead} is unreachable" in errors[0], failed.stderr
-    assert "Traceback" not in failed.stderr
-    assert (bob / "models/best.pt").read_bytes() == before
+    run(bob, "dvc", "remote", "add", "-d", "--local", "dead", f"{dead}/store")
+    for env, message in (({}, f"DVC remote 'dead' ({dead}/store) is unreachable"),
+                         ({"MLFLOW_TRACKING_URI": dead}, f"MLflow tracking server {dead} is unreachable")):
+        args = ("--no-remote",) if env else ()
+        failed = run(bob, sys.executable, "-m", "src.preflight", *args, env=env, check=False)
+        assert failed.returncode == 2 and failed.stderr.startswith(f"error: {message}"), failed.stderr
+        assert failed.stderr.count("\n") == 1, failed.stderr
+    assert run(bob, "git", "status", "--porcelain").stdout == ""
+    assert "up to date" in run(bob, "dvc", "status").stdout
 
 
 def test_the_tracking_server_refuses_an_unreachable_database_in_one_line(tmp_path):
