@@ -55,33 +55,34 @@ def _probe(fs, path: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from pipeline.common import PARAMS, main_repo_root, load_params, tracking_uri
-    from src import tracking
-    from src.config import config_from_dict, tune_config_from_dict
+    from pipeline.common import stage
 
     p = argparse.ArgumentParser(prog="python -m src.preflight", description=__doc__.split("\n\n")[0])
     p.add_argument("--storage", help="an Optuna storage URL to check too (default: tune.storage)")
     p.add_argument("--no-remote", action="store_true", help="skip the DVC remote")
     args = p.parse_args(argv)
-    try:
-        raw = load_params(PARAMS)
-        cfg = config_from_dict(raw, PARAMS.name)
-        if not args.no_remote:
-            print("ok:", check_remote(main_repo_root()))
-        if cfg.tracking.enabled:
-            uri = tracking_uri()
-            tracking.check_store(uri)
-            print(f"ok: MLflow tracking store {redact_url(uri)}")
-        storage = args.storage or tune_config_from_dict(raw, PARAMS.name).storage
-        if storage and not storage.endswith(".log"):
-            from src.tune import storage_for
+    return stage(lambda: check_all(args.storage, args.no_remote))()
 
-            storage_for(storage, Path(os.devnull))
-            print(f"ok: Optuna storage {redact_url(storage)}")
-    except KarnnaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+def check_all(storage: Optional[str], no_remote: bool) -> None:
+    from pipeline.common import PARAMS, load_params, main_repo_root, tracking_uri
+    from src import tracking
+    from src.config import config_from_dict, tune_config_from_dict
+
+    raw = load_params(PARAMS)
+    cfg = config_from_dict(raw, PARAMS.name)
+    if not no_remote:
+        print("ok:", check_remote(main_repo_root()))
+    if cfg.tracking.enabled:
+        uri = tracking_uri()
+        tracking.check_store(uri)
+        print(f"ok: MLflow tracking store {redact_url(uri)}")
+    storage = storage or tune_config_from_dict(raw, PARAMS.name).storage
+    if storage and not storage.endswith(".log"):
+        from src.tune import storage_for
+
+        storage_for(storage, Path(os.devnull))
+        print(f"ok: Optuna storage {redact_url(storage)}")
 
 
 if __name__ == "__main__":
