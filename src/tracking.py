@@ -41,7 +41,8 @@ from src.errors import KarnnaError
 from src.report import Reporter
 
 CHAMPION = "champion"
-# MLflow 3 opens an experiment with this tag on its training runs, not on the GenAI overview.
+# Marks a model-training experiment for MLflow 3's UI (MLflow 3.17's sidebar switch still picks
+# the landing page; docs/TRACKING.md).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A reachable server answers at once; this only bounds a black-holed address.
 CONNECT_TIMEOUT_S = 5.0
