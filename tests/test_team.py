@@ -290,10 +290,10 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
             return subprocess.Popen([*cmd, *args], cwd=frank, env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-        # A worker notices a lost trial when it starts a trial after 3 missed beats (3 s here):
-        # the survivor keeps starting trials for longer than that.
-        doomed, survivor = worker("--n-trials", "3"), worker("--timeout", "12")
-        victim = _wait_for_running_trial(storage, doomed)
+        # Both at work, then one killed mid-trial. A worker notices a lost trial when it starts a
+        # trial after 3 missed beats (3 s here): the survivor keeps starting trials for 10 s.
+        doomed, survivor = worker("--n-trials", "50"), worker("--timeout", "10")
+        victim = _wait_for_running_trial(storage, doomed, survivor)
         doomed.kill()  # SIGKILL: no chance to say anything
         doomed.wait()
         out, err = survivor.communicate(timeout=600)
@@ -319,20 +319,23 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
         _drop(name)
 
 
-def _wait_for_running_trial(storage: str, proc: subprocess.Popen, timeout: float = 300) -> int:
-    """The number of a trial `proc` is running, once its MLflow run exists."""
+def _wait_for_running_trial(storage: str, proc: subprocess.Popen, other: subprocess.Popen, timeout: float = 300) -> int:
+    """The number of a trial `proc` is running (its MLflow run made), once `other` has begun trials too."""
     import optuna
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None and other.poll() is None, (proc.communicate(), other.communicate())
         try:
             study = optuna.load_study(study_name="team", storage=storage)
         except KeyError:  # not created yet
             time.sleep(0.2)
             continue
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if t.user_attrs.get("worker", "").endswith(f":{proc.pid}") and "mlflow_run_id" in t.user_attrs:
-                return t.number
+        trials = study.get_trials(deepcopy=False)
+        if any(t.user_attrs.get("worker", "").endswith(f":{other.pid}") for t in trials):
+            for t in trials:
+                if (t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+                        and t.user_attrs.get("worker", "").endswith(f":{proc.pid}")):
+                    return t.number
         time.sleep(0.1)
     pytest.fail("the worker never ran a trial")
