@@ -97,7 +97,7 @@ def clone(team: Path, name: str) -> Path:
 def test_what_one_clone_pushes_a_sibling_pulls_with_nothing_to_rerun(team):
     alice = clone(team, "alice")
     first = run(alice, "dvc", "repro")
-    assert ran_stages(first.stdout) == ["corpus", "encode", "split", "train", "evaluate", "sample"]
+    assert {"corpus", "encode", "split", "train", "evaluate", "sample"} <= set(ran_stages(first.stdout))
     # The README's workflow: commit dvc.lock and the small outputs git keeps, push data and code.
     run(alice, "git", "add", "dvc.lock", "metrics", "plots", "samples")
     run(alice, "git", "commit", "-qm", "tiny baseline")
