@@ -41,8 +41,8 @@ from src.errors import KarnnaError
 from src.report import Reporter
 
 CHAMPION = "champion"
-# Marks a model-training experiment for MLflow 3's UI (MLflow 3.17's sidebar switch still picks
-# the landing page; docs/TRACKING.md).
+# MLflow 3's mark of a model-training experiment (3.17's UI picks its landing page by a sidebar
+# switch instead; docs/TRACKING.md).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A reachable server answers at once; this only bounds a black-holed address.
 CONNECT_TIMEOUT_S = 5.0
