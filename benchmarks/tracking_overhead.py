@@ -7,7 +7,7 @@ Reported per mode, as medians: the training loop's wall time; the CPU time of tr
 threads; the time the loop spends inside the reporter's calls (all it waits for); the CPU time
 of the thread that sends batches to the store (the extra work itself, which other load on the
 machine disturbs far less than the wall times); and, with tracking on, finish_training
-(artifacts, model logging and registration), which runs once after training. The store is a SQLite file in a temporary folder, as in `dvc repro`.
+(the artifacts; model logging and registration moved to the register stage), which runs once after training. The store is a SQLite file in a temporary folder, as in `dvc repro`.
 The text is random characters from a fixed seed: speed does not depend on what is read.
 """
 
@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
+import torch
 
 from benchmarks.common import machine
 from src import tracking
 from src.config import config_from_dict
+from src.device import configure_process
 from src.report import Reporter
 from src.train import TrainPaths, train
 from src.vocab import build_vocab
@@ -93,6 +95,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--lstm-size", type=int, default=128, help="one LSTM layer of this size (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     args = p.parse_args(argv)
+    configure_process(args.threads, torch.device("cpu"))  # what the train stage does; train() does not
 
     raw = {
         "model": {"embedding_dim": 32, "lstm_size": args.lstm_size, "num_layers": 1, "dropout": 0.0},

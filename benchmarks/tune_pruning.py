@@ -21,6 +21,7 @@ import yaml
 
 from src import fileio, tune
 from src.config import config_from_dict, section_from_dict, TuneConfig
+from src.device import configure_process, resolve_device
 from src.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def main() -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["tracking"]["enabled"] = False
     base = config_from_dict(raw)
+    configure_process(base.train.num_threads, resolve_device(base.train.device))  # as src.tune's main does
     data = tune.StudyData(Vocab.load(ROOT / "data/vocab.json"), fileio.read_npy(ROOT / "data/split/train.npy"),
                           fileio.read_npy(ROOT / "data/split/val.npy"))
     results = {}

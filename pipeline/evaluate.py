@@ -8,7 +8,7 @@ import torch
 
 from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, load_config, stage, tracking_uri
 from src import checkpoint, evaluate, fileio, tracking
-from src.device import keep_freed_memory, resolve_device
+from src.device import configure_process, resolve_device
 from src.vocab import Vocab
 
 
@@ -16,8 +16,7 @@ from src.vocab import Vocab
 def main() -> None:
     cfg = load_config()
     device = resolve_device(cfg.train.device)
-    if device.type == "cpu":
-        keep_freed_memory()
+    configure_process(0, device)  # torch's default threads: evaluation is not a tuned knob
     model, vocab, payload = checkpoint.load(BEST, device)
     checkpoint.check_vocab(vocab, Vocab.load(VOCAB), BEST)
     results = {"step": payload["step"]}

@@ -21,6 +21,7 @@ from pipeline.common import (
     tracking_uri,
 )
 from src import corpus, fileio, tracking
+from src.device import configure_process, resolve_device
 from src.tracking import DatasetInfo
 from src.train import TrainPaths, plan_resume, train
 from src.vocab import Vocab
@@ -51,6 +52,7 @@ def datasets(cfg, train_ids, val_ids) -> list[DatasetInfo]:
 @stage
 def main() -> None:
     cfg = load_config()
+    configure_process(cfg.train.num_threads, resolve_device(cfg.train.device))
     vocab = Vocab.load(VOCAB)
     train_ids = fileio.read_npy(SPLIT_DIR / "train.npy")
     val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")
@@ -68,7 +70,7 @@ def main() -> None:
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, resume=resume)
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())
-        registration = reporter.finish_training(
+        reporter.finish_training(
             result, best=BEST, last=LAST, vocab=VOCAB, history=PLOTS, params_file=PARAMS
         )
     print(
@@ -76,7 +78,7 @@ def main() -> None:
         f"{result.steps} steps in {result.seconds:.0f} s ({result.chars_per_sec / 1000:.1f}k char/s)"
     )
     if reporter.run_id:
-        print(f"mlflow: run {reporter.run_id} in {uri}; {registration.describe()}")
+        print(f"mlflow: run {reporter.run_id} in {uri}")
 
 
 if __name__ == "__main__":

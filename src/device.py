@@ -90,3 +90,14 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(None)  # the C library this process already runs on
     return libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW) == 1
+
+
+def configure_process(num_threads: int, device: torch.device) -> None:
+    """The process-wide settings of a training or evaluation, for entry points only (stages,
+    `python -m src.tune`): torch's intra-op threads (0: torch's default) and, on CPU, glibc's
+    malloc keeping freed memory. Never called by the library: two trainings in one process
+    would otherwise change each other's settings."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    if device.type == "cpu":
+        keep_freed_memory()

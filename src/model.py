@@ -53,6 +53,9 @@ class CharLSTM(nn.Module):
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,
         )
         self.head = nn.Linear(spec.lstm_size, spec.vocab_size)
+        # The training's own generator for dropout masks (None: the default one). Not a parameter
+        # or buffer: its state is saved with the resume state, not in the state_dict.
+        self.generator: Optional[torch.Generator] = None
 
     def init_hidden(self, batch_size: int, device: Optional[torch.device] = None) -> Hidden:
         """Zero (h, c), each (num_layers, batch, lstm_size)."""
@@ -69,8 +72,13 @@ class CharLSTM(nn.Module):
         if p > 0.0 and x.device.type == "cpu":
             out, hidden = self._lstm_by_layer(x, hidden, p)
         else:
+            # cuDNN's dropout between layers draws from the device's default generator: the
+            # training's own generator covers the output dropout here, everything on CPU.
             out, hidden = self.lstm(x, hidden)  # (T, B, H)
-            out = F.dropout(out, p, self.training)
+            if self.generator is None or p == 0.0:
+                out = F.dropout(out, p, self.training)
+            else:
+                out = dropout(out, p, self.generator)
         return self.head(out).transpose(0, 1), hidden  # (B, T, V), a view
 
     def _lstm_by_layer(self, x: torch.Tensor, hidden: Hidden, p: float) -> tuple[torch.Tensor, Hidden]:
@@ -86,30 +94,32 @@ class CharLSTM(nn.Module):
             weights = [getattr(self.lstm, f"{kind}_l{n}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
             x, h, c = torch.lstm(x, (h0[n : n + 1], c0[n : n + 1]), weights, True, 1, 0.0, self.training, False, False)
-            x = dropout(x, p)  # between layers, and on the last layer's output as before
+            x = dropout(x, p, self.generator)  # between layers, and on the last layer's output as before
             hs.append(h)
             cs.append(c)
         return x, (torch.cat(hs), torch.cat(cs))
 
 
-def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def dropout_mask(
+    shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Keep-mask scaled by 1 / (1 - p): each element kept with probability 1 - p, p rounded to 1/65536.
 
-    Bits come from the default generator, so torch.manual_seed and the RNG state saved in a
-    checkpoint cover them.
+    Bits come from `generator` (the training's own, whose state a checkpoint saves), else the
+    default generator.
     """
     n = math.prod(shape)
     cut = min(round(p * 65536), 65535)  # keep when a uniform 16-bit value >= cut
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # all 64 bits
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
     bits = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     keep = bits >= cut - 32768
     # via uint8: bool -> bfloat16 is a scalar loop on CPU, uint8 -> bfloat16 is vectorised (8x faster)
     return keep.view(torch.uint8).to(dtype).mul_(65536 / (65536 - cut))
 
 
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Inverted dropout, as F.dropout in training; the mask is kept for backward as a multiply."""
-    return x * dropout_mask(x.shape, p, x.dtype, x.device) if p > 0.0 else x
+    return x * dropout_mask(x.shape, p, x.dtype, x.device, generator) if p > 0.0 else x
 
 
 def detach(hidden: Hidden) -> Hidden:

@@ -1,4 +1,4 @@
-"""Experiment tracking with MLflow: the only module that imports mlflow.
+"""Experiment tracking with MLflow: stores, runs and metrics (src.registry holds the model registry).
 
 One MLflow run per training. The evaluate and sample stages add to the run that made the
 checkpoint (its id travels in the checkpoint), so one row in `mlflow ui` holds the whole story.
@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import platform
-import shutil
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,50 +22,21 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import mlflow
-import mlflow.pyfunc
-import numpy as np
-import pandas as pd
 import torch
-from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
 
 from src.config import Config
 from src.errors import KarnnaError
 from src.report import Reporter
 
-CHAMPION = "champion"
 # MLflow 3's mark of a model-training experiment (3.17's UI picks its landing page by a sidebar
 # switch instead; docs/TRACKING.md).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A reachable server answers at once; this only bounds a black-holed address.
 CONNECT_TIMEOUT_S = 5.0
-# What the served model accepts, so one request cannot tie the server up for minutes.
-MAX_LENGTH = 10_000
-DEFAULT_LENGTH = 200
-
-_SRC_DIR = Path(__file__).resolve().parent
-# Comparing with the champion and moving the alias is read-then-write; trials in threads of one
-# process take turns (separate processes can still race: see docs/TRACKING.md).
-_CHAMPION_LOCK = threading.Lock()
-
-
-@dataclass
-class Registration:
-    """What finish_training did in the model registry."""
-
-    model_name: str
-    version: str
-    champion: bool
-    previous_best: Optional[float]  # the champion's best_val_loss before this run; None: none yet
-
-    def describe(self) -> str:
-        before = "no champion before" if self.previous_best is None else f"champion had {self.previous_best:.4f}"
-        verdict = f"now @{CHAMPION}" if self.champion else f"@{CHAMPION} unchanged"
-        return f"registered {self.model_name} version {self.version} ({verdict}; {before})"
 
 
 @dataclass(frozen=True)
@@ -90,7 +58,6 @@ class DatasetInfo:
         )
         return DatasetInput(dataset, [InputTag("mlflow.data.context", self.context)])
 
-
 class TrainingReporter(Reporter):
     """Records nothing: what training gets when tracking.enabled is false."""
 
@@ -102,7 +69,7 @@ class TrainingReporter(Reporter):
         vocab: Path,
         history: Optional[Path] = None,
         params_file: Optional[Path] = None,
-    ) -> Optional[Registration]:
+    ) -> None:
         """After train(): `result` is its TrainResult; the checkpoints, vocab.json, the history
         CSVs (a folder or a file) and params.yaml become artifacts of the run."""
         return None
@@ -167,8 +134,9 @@ class MlflowReporter(TrainingReporter):
             future.result()
         self._sent.append(self._sender.submit(self.client.log_batch, self.run_id, **batch))
 
-    def finish_training(self, result, best, last, vocab, history=None, params_file=None) -> Registration:
-        """Final metrics, the files of the run, and the model: logged, registered, maybe champion."""
+    def finish_training(self, result, best, last, vocab, history=None, params_file=None) -> None:
+        """Final metrics and the files of the run. The MLflow model and its registration are the
+        register stage's (src.registry), after evaluate."""
         final = {_FINAL_RENAMES.get(k, k): v for k, v in result.metrics().items() if isinstance(v, (int, float))}
         self.log_metrics(final, result.steps)
         self.wait()
@@ -185,86 +153,9 @@ class MlflowReporter(TrainingReporter):
             figure = Path(tmp) / "loss_curve.png"
             save_loss_figure(result.train_history, result.val_history, figure)
             self.log_artifact(figure)
-        logged = self._log_model(best, result.best_step)
-        return self._register(logged, result.best_val_loss)
-
-    def _log_model(self, best: Path, step: int):
-        """The pyfunc model as a LoggedModel of this run.
-
-        What mlflow.pyfunc.log_model does, with this reporter's client in place of the fluent
-        API's global tracking URI and active experiment (which would put it in experiment 0).
-        """
-        logged = self.client.create_logged_model(
-            self.experiment_id, name="model", source_run_id=self.run_id, model_type="char-lstm"
-        )
-        try:
-            with tempfile.TemporaryDirectory(prefix="karnna-model-") as tmp:
-                path = Path(tmp) / "model"
-                mlflow.pyfunc.save_model(
-                    path=str(path),
-                    python_model=CharLSTMGenerator(),
-                    artifacts={"checkpoint": str(best)},
-                    code_paths=[str(_SRC_DIR)],
-                    signature=SIGNATURE,
-                    input_example=_input_example(self.cfg),
-                    pip_requirements=_requirements(),
-                    mlflow_model=Model(
-                        artifact_path=logged.artifact_location,
-                        run_id=self.run_id,
-                        model_uuid=logged.model_id,
-                        model_id=logged.model_id,
-                    ),
-                )
-                # save_model imports the copied code to check the model: keep its bytecode out.
-                for cache in path.rglob("__pycache__"):
-                    shutil.rmtree(cache, ignore_errors=True)
-                self.client.log_model_artifacts(logged.model_id, str(path))
-            self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=step)])
-        except BaseException:
-            self.client.finalize_logged_model(logged.model_id, "FAILED")
-            raise
-        return self.client.finalize_logged_model(logged.model_id, "READY")
-
-    def _register(self, logged, best_val_loss: float) -> Registration:
-        name = self.cfg.tracking.model_name
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                raise
-        version = self.client.create_model_version(
-            name,
-            # The storage location, not models:/<id>: the SQLite registry resolves that through
-            # the process-wide tracking URI, which may be another store.
-            source=logged.artifact_location,
-            run_id=self.run_id,
-            model_id=logged.model_id,
-            tags={"best_val_loss": repr(float(best_val_loss))},
-        ).version
-        self.client.set_tag(self.run_id, "registered_model_version", f"{name}/{version}")
-        with _CHAMPION_LOCK:
-            previous = champion_loss(self.client, name)
-            promote = math.isfinite(best_val_loss) and (previous is None or best_val_loss < previous)
-            if promote:
-                self.client.set_registered_model_alias(name, CHAMPION, version)
-        return Registration(name, str(version), promote, previous)
-
 
 # The final summary's chars_per_sec is the run's mean; the series of that name is per window.
 _FINAL_RENAMES = {"chars_per_sec": "mean_chars_per_sec"}
-
-
-def champion_loss(client: MlflowClient, name: str) -> Optional[float]:
-    """best_val_loss of the version the champion alias points to; None when there is none."""
-    version = client.get_registered_model(name).aliases.get(CHAMPION)
-    if version is None:
-        return None
-    current = client.get_model_version(name, version)
-    if "best_val_loss" in current.tags:
-        return float(current.tags["best_val_loss"])
-    # A version registered by hand: fall back to its run's metric, else let any run beat it.
-    metrics = client.get_run(current.run_id).data.metrics if current.run_id else {}
-    return float(metrics.get("best_val_loss", math.inf))
 
 
 @contextlib.contextmanager
@@ -375,15 +266,7 @@ def log_to_run(
         return
     uri = tracking_uri or mlflow.get_tracking_uri()
     client = connect(uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            raise KarnnaError(
-                f"MLflow run {run_id} (named in the checkpoint) is not in {uri}; set MLFLOW_TRACKING_URI "
-                "to the store the training logged to, or retrain"
-            ) from None
-        raise _store_error(uri, exc) from None
+    checkpoint_run(client, uri, run_id)
     now = int(time.time() * 1000)
     client.log_batch(
         run_id,
@@ -392,6 +275,19 @@ def log_to_run(
     )
     for path in artifacts or []:
         client.log_artifact(run_id, str(path))
+
+
+def checkpoint_run(client: MlflowClient, uri: str, run_id: str):
+    """The run a checkpoint names; a clear error when this store does not have it."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise KarnnaError(
+                f"MLflow run {run_id} (named in the checkpoint) is not in {uri}; set MLFLOW_TRACKING_URI "
+                "to the store the training logged to, or retrain"
+            ) from None
+        raise _store_error(uri, exc) from None
 
 
 STUDY_RUN_ATTR = "mlflow_parent_run_id"
@@ -553,11 +449,6 @@ def _versions() -> dict[str, str]:
     return {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__, "python_version": platform.python_version()}
 
 
-def _requirements() -> list[str]:
-    # Given, not inferred: inference imports the model in a subprocess (seconds per logging).
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-
-
 def save_loss_figure(train_history, val_history, path: Path) -> None:
     """Train and validation loss against the step on one PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
@@ -573,87 +464,3 @@ def save_loss_figure(train_history, val_history, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=100)
-
-
-# --- the MLflow model ------------------------------------------------------------------------
-
-SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec("string", "prime"),
-            ColSpec("long", "length", required=False),
-            ColSpec("double", "temperature", required=False),
-            ColSpec("long", "top_k", required=False),
-            ColSpec("long", "seed", required=False),
-        ]
-    ),
-    outputs=Schema([ColSpec("string")]),
-)
-
-
-def _input_example(cfg: Config) -> pd.DataFrame:
-    s = cfg.sample
-    return pd.DataFrame(
-        {"prime": [s.prime], "length": [50], "temperature": [s.temperature], "top_k": [s.top_k], "seed": [s.seed]}
-    )
-
-
-class CharLSTMGenerator(mlflow.pyfunc.PythonModel):
-    """Text generation as an MLflow pyfunc: one row per request, `prime` plus optional `length`,
-    `temperature`, `top_k`, `seed`; -> prime + generated text per row.
-
-    Generation runs the eager LSTM character by character (src.sample.generate): a traced or
-    exported graph would fix the input length."""
-
-    def load_context(self, context) -> None:
-        from src import checkpoint
-
-        self.model, self.vocab, _ = checkpoint.load(Path(context.artifacts["checkpoint"]), "cpu")
-
-    # The DataFrame hint keeps MLflow from inferring a second schema; SIGNATURE is the contract.
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from src.sample import generate
-
-        texts = []
-        for row in _rows(model_input):
-            length = int(_given(row, "length", DEFAULT_LENGTH))
-            if not 1 <= length <= MAX_LENGTH:
-                raise KarnnaError(f"length {length} is out of range; ask for 1 to {MAX_LENGTH} characters")
-            seed = _given(row, "seed", None)
-            (text,) = generate(
-                self.model,
-                self.vocab,
-                str(row["prime"]),
-                length,
-                top_k=int(_given(row, "top_k", 5)),
-                temperature=float(_given(row, "temperature", 1.0)),
-                seed=None if seed is None else int(seed),
-            )
-            texts.append(text)
-        return texts
-
-
-def _rows(model_input) -> list[dict]:
-    if isinstance(model_input, str):
-        model_input = {"prime": model_input}
-    if isinstance(model_input, dict):
-        model_input = [model_input]
-    frame = pd.DataFrame(model_input) if isinstance(model_input, list) else model_input
-    if "prime" not in frame.columns:
-        raise KarnnaError('input has no "prime" column; send e.g. {"dataframe_records": [{"prime": "Far"}]}')
-    rows = []
-    for row in frame.to_dict("records"):
-        # MLflow turns {"prime": ["a", "b"]} into one row holding lists: spread it out again.
-        if isinstance(row["prime"], (list, tuple, np.ndarray)):
-            rows.extend(pd.DataFrame(row).to_dict("records"))
-        else:
-            rows.append(row)
-    return rows
-
-
-def _given(row: dict, key: str, default):
-    """row[key], unless absent or a missing value in a column other rows filled."""
-    value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return default
-    return value

@@ -5,17 +5,20 @@ them; it is reset at each epoch start. Loss values stay on the device and are fe
 log_interval steps, so the loop does not wait for the device at every step.
 
 Every checkpoint_interval steps models/last.pt receives everything the next step depends on:
-weights, optimizer and schedule, every random generator, the position in the data, the hidden
-state carried between batches, the best validation loss and the histories. A run killed at any
-moment and started again continues from there and ends with the same numbers (on CPU) as a
+weights, optimizer and schedule, the training's dropout generator, the position in the data, the
+hidden state carried between batches, the best validation loss and the histories. A run killed at
+any moment and started again continues from there and ends with the same numbers (on CPU) as a
 run that was never interrupted.
+
+A training draws nothing from the process-wide random generators and sets no process-wide
+option (threads, malloc: the entry points' job), so trainings in threads side by side give the
+numbers each gives alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from tqdm.auto import tqdm
 
 from src import checkpoint, data, evaluate, fileio
 from src.config import Config
-from src.device import autocast, keep_freed_memory, precision_name, resolve_device, resolve_precision
+from src.device import autocast, precision_name, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.model import CharLSTM, ModelSpec, count_params, detach, sizing_advice
 from src.report import Reporter
@@ -82,12 +85,6 @@ class TrainResult:
         }
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def lr_factor(step: int, total_steps: int, warmup_steps: int, decay: str, min_ratio: float) -> float:
     """Multiplier of train.lr at `step`: linear warmup, then constant or cosine down to min_lr."""
     if warmup_steps and step < warmup_steps:
@@ -98,9 +95,36 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, decay: str, min_ra
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_model(cfg: Config, vocab: Vocab) -> CharLSTM:
+def build_model(cfg: Config, vocab: Vocab, generator: Optional[torch.Generator] = None) -> CharLSTM:
+    """The network, initialised from `generator` (torch's default initialisation, drawn from
+    the training's own generator rather than the process-wide one) when given."""
     m = cfg.model
-    return CharLSTM(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout))
+    model = CharLSTM(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout))
+    if generator is not None:
+        init_weights(model, generator)
+    return model
+
+
+@torch.no_grad()
+def init_weights(model: CharLSTM, generator: torch.Generator) -> None:
+    """What nn.Embedding, nn.LSTM and nn.Linear's reset_parameters draw, from `generator`."""
+    model.embed.weight.normal_(0.0, 1.0, generator=generator)
+    bound = 1.0 / math.sqrt(model.spec.lstm_size)
+    for weight in model.lstm.parameters():
+        weight.uniform_(-bound, bound, generator=generator)
+    torch.nn.init.kaiming_uniform_(model.head.weight, a=math.sqrt(5), generator=generator)
+    # the head's fan-in is lstm_size too: the same bound for its bias
+    model.head.bias.uniform_(-bound, bound, generator=generator)
+
+
+def generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """A training's own random streams: (initialisation, on the CPU; dropout, on `device`).
+
+    Nothing in a training draws from the process-wide generators, so trainings in threads side
+    by side (`python -m src.tune --n-jobs 2`) give each the numbers it gives alone."""
+    init = torch.Generator().manual_seed(seed)
+    drop = torch.Generator(device=device).manual_seed(seed + 1)
+    return init, drop
 
 
 def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, Any]:
@@ -111,6 +135,7 @@ def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict
         for k, v in cfg.flat().items()
         if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
     }
+    fp["rng"] = "per-training generators"  # resume states of older versions hold global RNG states
     fp["data.train_sha256"] = hashlib.sha256(np.ascontiguousarray(train_ids).tobytes()).hexdigest()
     fp["data.val_sha256"] = hashlib.sha256(np.ascontiguousarray(val_ids).tobytes()).hexdigest()
     return fp
@@ -152,29 +177,6 @@ def plan_resume(
     return payload
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        # numpy and python states as plain lists/tensors, so weights_only loading accepts them
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
 def train(
     cfg: Config,
     vocab: Vocab,
@@ -189,16 +191,14 @@ def train(
     """Train, from scratch or from a plan_resume() payload; write best and last checkpoints."""
     t = cfg.train
     reporter = reporter or Reporter()
-    seed_everything(t.seed)
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
+    # Process-wide settings (threads, malloc) are the entry points' (src.device.configure_process).
     device = resolve_device(t.device)
-    if device.type == "cpu":
-        keep_freed_memory()
     amp = resolve_precision(t.precision, device)
     fileio.remove_stale_temps(paths.last.parent)
 
-    model = build_model(cfg, vocab).to(device)
+    init_gen, model_gen = generators(t.seed, device)
+    model = build_model(cfg, vocab, init_gen).to(device)
+    model.generator = model_gen
     n_params = count_params(model)
     log(f"model: {cfg.model.num_layers}x{cfg.model.lstm_size} LSTM on {device} ({precision_name(amp)})")
     log(sizing_advice(n_params, len(train_ids)))
@@ -248,7 +248,7 @@ def train(
         best_val, best_step = r["best_val"], r["best_step"]
         train_hist = [tuple(x) for x in r["train_history"]]
         val_hist = [tuple(x) for x in r["val_history"]]
-        _set_rng_state(r["rng"])
+        model.generator.set_state(r["rng"]["dropout"])
     resumed_from = step
 
     extra_ckpt = {"run_id": reporter.run_id, "config": cfg.flat()}
@@ -270,7 +270,7 @@ def train(
             "hidden": None if hidden is None else (hidden[0].cpu(), hidden[1].cpu()),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
-            "rng": _rng_state(),
+            "rng": {"dropout": model.generator.get_state()},
             "best_val": best_val,
             "best_step": best_step,
             "train_history": [list(x) for x in train_hist],

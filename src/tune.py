@@ -1,7 +1,7 @@
 """Optuna search over Karpathy's knobs: lstm_size, num_layers, dropout (and optionally lr, seq_len).
 
     python -m src.tune --n-trials 30            # or --timeout 3600; rerun to add trials
-    python -m src.tune --n-jobs 2               # threads in one process
+    python -m src.tune --n-jobs 2               # threads in one process, the cores split between them
     python -m src.tune --storage postgresql://user:pw@host/db   # workers on many machines
 
 Every trial trains on the same train/validation split for the same number of characters
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import os
 import socket
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from src import fileio, tracking
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
+from src.device import configure_process, resolve_device
 from src.errors import KarnnaError
 from src.errors import redact_url as _redact
 from src.model import count_params
@@ -265,7 +265,7 @@ def run_study(
     if space.enqueue_seed and not study.trials:
         # skip_if_exists keeps a second worker starting at the same moment from enqueuing it again.
         study.enqueue_trial(seed_trial(space), user_attrs={"seed_recipe": True}, skip_if_exists=True)
-    parent_run_id = tracking.study_run(base, tracking_uri, study, space=dataclasses.asdict(space))
+    parent_run_id = tracking.study_run(base, tracking_uri, study, space=space.model_dump())
     before = sum(t.state.is_finished() for t in study.trials)
     log(f"study {space.study_name!r}: {before} trials finished so far; running {n_trials or 'unlimited'} more"
         + (f" for up to {timeout:.0f} s" if timeout else ""))
@@ -378,7 +378,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m src.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--n-trials", type=int, help="trials this worker runs (default: tune.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--n-jobs", type=int, default=1, help="trials in parallel threads of this process")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="trials in parallel threads of this process (each draws from its own generators)")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)")
     p.add_argument("--study-name", help="default: tune.study_name")
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], help="default: tune.pruner")
@@ -393,9 +394,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         base = config_from_dict(raw, args.params.name)
         space = tune_config_from_dict(raw, args.params.name)
         overrides = {"study_name": args.study_name, "pruner": args.pruner, "storage": args.storage}
-        space = type(space)(**{**space.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+        space = with_overrides(space, {k: v for k, v in overrides.items() if v is not None}, "command line")
         if args.n_jobs < 1:
             raise KarnnaError(f"--n-jobs is {args.n_jobs}; use 1 or more")
+        # Trials in threads share the process's settings: the cores are split between them.
+        threads = base.train.num_threads or (max(1, (os.cpu_count() or 1) // args.n_jobs) if args.n_jobs > 1 else 0)
+        configure_process(threads, resolve_device(base.train.device))
         for name in ("train.npy", "val.npy"):
             if not (SPLIT_DIR / name).is_file():
                 raise KarnnaError(f"{SPLIT_DIR / name}: missing; run `dvc repro split` first")

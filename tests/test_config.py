@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from src.config import Config, config_from_dict
+from src.config import Config, TuneConfig, config_from_dict, section_from_dict, tune_config_from_dict, with_overrides
 from src.errors import KarnnaError
 from tests.conftest import REPO
 
@@ -14,6 +14,14 @@ def test_repo_params_yaml_is_valid_and_complete():
         section, name = key.split(".")
         assert name in raw[section], f"params.yaml lacks {key}"
     assert cfg.sample.prime == "Far" and cfg.sample.length == 2000 and cfg.sample.top_k == 5
+
+
+def test_params_yaml_holds_exactly_the_schema_defaults():
+    """One source of defaults: the schema's; params.yaml, the user's file, spells them out."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert config_from_dict(raw) == Config()
+    assert tune_config_from_dict(raw) == TuneConfig()
+    assert set(raw["tune"]) == set(TuneConfig.model_fields)
 
 
 def test_defaults_when_sections_are_missing():
@@ -36,6 +44,15 @@ def test_defaults_when_sections_are_missing():
         ({"sample": {"length": 0}}, r"sample\.length: 0 is out of range"),
         ({"train": {"min_lr": 1.0}}, r"train\.min_lr"),
         ({"model": "big"}, r"model: expected a mapping"),
+        # strict: no silent coercion
+        ({"train": {"batch_size": 32.0}}, r"train\.batch_size: expected an integer, got number 32\.0"),
+        ({"train": {"batch_size": "32"}}, r"train\.batch_size: expected an integer, got string '32'"),
+        ({"model": {"dropout": ".nan"}}, r"model\.dropout: expected a number"),
+        ({"train": {"lr": float("inf")}}, r"train\.lr: expected a finite number"),
+        ({"sample": {"prime": 7}}, r"sample\.prime: expected a string, got integer 7; quote it"),
+        ({"data": {"sha256": "abc"}}, r"data\.sha256: 'abc' is out of range; expected 64 hex digits"),
+        ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}}, r"split\.val_fraction \+ test_fraction: .*under 0\.9"),
+        ({"train": {"max_steps": 0}}, r"train\.max_steps: 0 is out of range; expected a positive integer or null"),
     ],
 )
 def test_bad_values_name_the_file_and_key(raw, expected):
@@ -54,3 +71,28 @@ def test_flat_names_are_the_params_yaml_paths():
     flat = Config().flat()
     assert flat["train.lr"] == Config().train.lr
     assert flat["model.lstm_size"] == Config().model.lstm_size
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"dropout": [0.5, 0.2]}, r"tune\.dropout: \[0\.5, 0\.2\] is out of range; expected \[low, high\]"),
+        ({"lstm_size": [128, 0]}, r"tune\.lstm_size\[1\]: 0 is out of range; expected a non-empty list of positive"),
+        ({"lr": ["1e-3", 1.0e-2]}, r"tune\.lr\[0\]: expected a number, got string '1e-3'.*write 1\.0e-3"),
+        ({"pruner": "random"}, r"tune\.pruner: 'random' is not one of 'median' \| 'hyperband' \| 'none'"),
+        ({"n_trial": 3}, r"tune\.n_trial: unknown key \(did you mean 'n_trials'\?\)"),
+    ],
+)
+def test_bad_tune_values_name_the_key(raw, expected):
+    with pytest.raises(KarnnaError, match=expected) as info:
+        section_from_dict(TuneConfig, raw, "params.yaml: tune")
+    assert str(info.value).startswith("params.yaml: tune.") and "\n" not in str(info.value)
+
+
+def test_overrides_are_validated_like_the_file():
+    cfg = with_overrides(Config(), {"model.lstm_size": 256})
+    assert cfg.model.lstm_size == 256 and Config().model.lstm_size == 384
+    with pytest.raises(KarnnaError, match=r"trial: model\.dropout: 1\.5 is out of range"):
+        with_overrides(Config(), {"model.dropout": 1.5}, "trial")
+    with pytest.raises(KarnnaError, match="unknown parameter 'model.size'"):
+        with_overrides(Config(), {"model.size": 1})

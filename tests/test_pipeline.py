@@ -30,7 +30,7 @@ def ran_stages(output: str) -> list[str]:
 @pytest.mark.slow
 def test_repro_end_to_end(repo):
     first = sh(repo, "dvc", "repro")
-    assert ran_stages(first.stdout) == ["corpus", "encode", "split", "train", "evaluate", "sample"]
+    assert sorted(ran_stages(first.stdout)) == sorted(["corpus", "encode", "split", "train", "evaluate", "sample", "register"])
     for path in ("data/vocab.json", "data/encoded.npy", "data/split/train.npy", "models/best.pt",
                  "models/last.pt", "plots/train_loss.csv", "plots/val_loss.csv", "samples/sample.txt"):
         assert (repo / path).is_file(), path
@@ -39,6 +39,7 @@ def test_repro_end_to_end(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["steps"] == 40 and train["n_params"] > 0
     assert (repo / "samples/sample.txt").read_text().startswith("The")
+    assert json.loads((repo / "models/registration.json").read_text())["registered"] is False  # tracking off
     vocab = json.loads((repo / "data/vocab.json").read_text())
     assert vocab["newline"] == "lf" and "\r" not in vocab["chars"]
 
@@ -52,7 +53,15 @@ def test_repro_end_to_end(repo):
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["sample"]
     params["model"]["dropout"] = 0.2
     write_params(repo, params)
-    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["train", "evaluate", "sample"]
+    assert sorted(ran_stages(sh(repo, "dvc", "repro").stdout)) == ["evaluate", "register", "sample", "train"]
+    # Editing the registry (the served model's packaging) re-registers without retraining; editing
+    # the vocabulary code reruns every stage that runs it.
+    with (repo / "src" / "registry.py").open("a") as f:
+        f.write("\n# edited\n")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["register"]
+    with (repo / "src" / "vocab.py").open("a") as f:
+        f.write("\n# edited\n")
+    assert sorted(ran_stages(sh(repo, "dvc", "repro").stdout)) == ["encode", "evaluate", "register", "sample", "train"]
 
     # The metrics and params are what DVC users compare.
     shown = sh(repo, "dvc", "metrics", "show", "--json").stdout
@@ -125,3 +134,33 @@ def test_text_shorter_than_one_batch(stage_repo, tmp_path):
     proc = _stage(stage_repo, "train")
     assert proc.returncode == 2 and "lower train.batch_size" in proc.stderr
     assert not (stage_repo / "models" / "best.pt").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_scores_in_fp32_whatever_the_training_shape_and_precision(stage_repo):
+    """The evaluate stage's score depends on the weights and evaluate.* only: the same checkpoint
+    scores the same with any train.batch_size, train.seq_len or train.precision, in fp32."""
+    import numpy as np
+    import torch
+
+    from src import checkpoint, evaluate, fileio
+
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["train"].update({"precision": "bf16", "max_steps": 20})
+    write_params(stage_repo, params)
+    for name in ("corpus", "encode", "split", "train", "evaluate"):
+        assert _stage(stage_repo, name).returncode == 0, name
+    first = json.loads((stage_repo / "metrics/eval.json").read_text())
+
+    model, _, _ = checkpoint.load(stage_repo / "models/best.pt")
+    val = torch.from_numpy(fileio.read_npy(stage_repo / "data/split/val.npy").astype(np.int64))
+    rows, chunk = params["evaluate"]["rows"], params["evaluate"]["chunk_len"]
+    fp32 = evaluate.stream_loss(model, val, rows, chunk)
+    bf16 = evaluate.stream_loss(model, val, rows, chunk, torch.bfloat16)
+    assert first["val"]["loss"] == fp32 != bf16
+
+    for changes in ({"batch_size": 3, "seq_len": 7}, {"precision": "fp32"}, {"precision": "auto", "batch_size": 64}):
+        params["train"].update(changes)
+        write_params(stage_repo, params)
+        assert _stage(stage_repo, "evaluate").returncode == 0
+        assert json.loads((stage_repo / "metrics/eval.json").read_text()) == first, changes

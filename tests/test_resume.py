@@ -139,3 +139,63 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(stage_repo, tmp_path):
     for key in ("best_val_loss", "best_step", "final_train_loss", "steps"):
         assert resumed[key] == clean[key], key
     assert resumed_curve == (stage_repo / "plots" / "train_loss.csv").read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_with_tracking_and_bf16_resumes_the_same_mlflow_run(stage_repo, tmp_path):
+    """SIGKILL the tracked bf16 train stage mid-run and run it again: one MLflow run, FINISHED,
+    every logged step present once the rerun is done, and the same losses as a run never killed."""
+    from mlflow.tracking import MlflowClient
+
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["model"].update({"lstm_size": 48, "dropout": 0.2})
+    params["train"].update({"max_steps": 120, "checkpoint_interval": 20, "eval_interval": 40, "precision": "bf16",
+                            "num_threads": 1})
+    params["tracking"].update({"enabled": True, "log_every": 5})
+    write_params(stage_repo, params)
+    stores = {name: f"sqlite:///{tmp_path / name}.db" for name in ("killed", "clean")}
+
+    def stage(name, store=None):
+        env = {**_env(), **({"MLFLOW_TRACKING_URI": stores[store]} if store else {})}
+        return subprocess.Popen([sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    for name in ("corpus", "encode", "split"):
+        assert stage(name).wait(timeout=120) == 0
+    last = stage_repo / "models" / "last.pt"
+    proc = stage("train", "killed")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last.is_file() and checkpoint.load_payload(last)["step"] >= 40):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.load_payload(last)["step"]
+    assert 40 <= killed_at < 120
+    out, err = stage("train", "killed").communicate(timeout=600)
+    assert f"resuming from {last}" in out, out + err
+    resumed = json.loads((stage_repo / "metrics" / "train.json").read_text())
+
+    params["train"]["resume"] = "never"
+    write_params(stage_repo, params)
+    assert stage("train", "clean").wait(timeout=600) == 0
+    clean = json.loads((stage_repo / "metrics" / "train.json").read_text())
+    assert resumed["resumed_from"] == killed_at and resumed["precision"] == "bf16"
+    for key in ("best_val_loss", "best_step", "final_train_loss", "steps"):
+        assert resumed[key] == clean[key], key
+
+    histories = {}
+    for name, uri in stores.items():
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+        (run,) = client.search_runs([experiment.experiment_id])  # the killed training made one run
+        assert run.info.status == "FINISHED"
+        histories[name] = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+                           for key in ("train_loss", "val_loss")}
+        # points logged again after the resume repeat the same values: no step twice with two values
+        for key in ("train_loss", "val_loss"):
+            pairs = {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)}
+            assert len(pairs) == len(histories[name][key]), (name, key)
+    assert sorted(histories["killed"]["train_loss"]) == list(range(5, 121, 5))  # no gap
+    assert sorted(histories["killed"]["val_loss"]) == [40, 80, 120]
+    assert histories["killed"] == histories["clean"]

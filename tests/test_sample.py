@@ -71,3 +71,62 @@ def test_cli(model_vocab, tmp_path, capsys):
     assert main(["--checkpoint", str(path), "--prime", "Zz", "--length", "5"]) == 2
     assert "Z" in capsys.readouterr().err
     assert main(["--checkpoint", str(path), "--greedy", "--prime", "a", "--length", "5"]) == 0
+
+
+def _sharp_model(vocab, seed=0, scale=8.0):
+    """A random model with logits spread wide enough that the top-k sets are clear cut."""
+    torch.manual_seed(seed)
+    model = CharLSTM(ModelSpec(vocab.size, 8, 16, 2, 0.0)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(scale)
+    return model
+
+
+def _logits_along(model, vocab, text: str) -> torch.Tensor:
+    """(len(text), V): the logits of the character after each prefix of `text`, in one call."""
+    with torch.no_grad():
+        logits, _ = model(torch.as_tensor(vocab.encode(text), dtype=torch.long).view(1, -1))
+    return logits[0]
+
+
+def test_top_k_holds_at_every_step(model_vocab):
+    """Beyond the first character: each generated character is among the k likeliest at its step."""
+    _, vocab = model_vocab
+    model = _sharp_model(vocab)
+    prime, k = "The", 3
+    for seed in range(3):
+        (text,) = generate(model, vocab, prime, 150, top_k=k, seed=seed)
+        logits = _logits_along(model, vocab, text)
+        for i in range(len(prime), len(text)):
+            scores = logits[i - 1]
+            kth, next_out = scores.topk(k + 1).values[-2:]
+            if kth - next_out < 1e-3:
+                continue  # a near tie at the cut: either side is right within float error
+            allowed = set(scores.topk(k).indices.tolist())
+            assert vocab.encode(text[i])[0] in allowed, (seed, i)
+
+
+def test_low_temperature_approaches_greedy(model_vocab):
+    _, vocab = model_vocab
+    model = _sharp_model(vocab, seed=1)
+    greedy = generate(model, vocab, "a", 120, top_k=1)
+    assert generate(model, vocab, "a", 120, top_k=0, temperature=1e-3, seed=5) == greedy
+    assert generate(model, vocab, "a", 120, top_k=0, temperature=1.0, seed=5) != greedy
+
+
+def test_frequencies_at_temperature_1_match_the_softmax(model_vocab):
+    """top_k 0, T = 1: over 40,000 samples, the first and second characters' frequencies are the
+    model's softmax within a total variation distance of 0.03 (the sampling noise is ~0.01)."""
+    _, vocab = model_vocab
+    model = _sharp_model(vocab, seed=3, scale=25.0)  # a commonest first character (28%), to condition on
+    n, prime = 40_000, "Th"
+    texts = generate(model, vocab, prime, 2, top_k=0, temperature=1.0, seed=11, num_samples=n)
+    firsts = torch.tensor([vocab.encode(t[2])[0] for t in texts])
+    probs = torch.softmax(_logits_along(model, vocab, prime)[-1], dim=-1)
+    assert 0.5 * (torch.bincount(firsts, minlength=vocab.size) / n - probs).abs().sum() < 0.03
+    # The second character, given the commonest first one.
+    common = int(torch.bincount(firsts).argmax())
+    seconds = torch.tensor([vocab.encode(t[3])[0] for t in texts if vocab.encode(t[2])[0] == common])
+    probs = torch.softmax(_logits_along(model, vocab, prime + vocab.chars[common])[-1], dim=-1)
+    tv = 0.5 * (torch.bincount(seconds, minlength=vocab.size) / len(seconds) - probs).abs().sum()
+    assert len(seconds) > 5000 and tv < 0.05

@@ -22,7 +22,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from src import checkpoint, data, tracking
+import numpy as np
+import torch
+
+from src import checkpoint, data, evaluate, registry, tracking
 from src.config import config_from_dict
 from src.errors import KarnnaError
 from src.report import Reporter
@@ -58,8 +61,9 @@ def corpus(tmp_path_factory):
     return vocab, split.train, split.val, folder / "vocab.json"
 
 
-def run_training(cfg, uri, corpus, workdir: Path, context=CONTEXT):
-    """What the train stage does, into `workdir`: -> (run id, TrainResult, Registration)."""
+def run_training(cfg, uri, corpus, workdir: Path, context=CONTEXT, fingerprint="tiny-data"):
+    """What the train, evaluate and register stages do, into `workdir`:
+    -> (run id, TrainResult, Registration; None with tracking off)."""
     vocab, train_ids, val_ids, vocab_file = corpus
     workdir.mkdir(parents=True, exist_ok=True)
     paths = TrainPaths(best=workdir / "best.pt", last=workdir / "last.pt")
@@ -67,10 +71,20 @@ def run_training(cfg, uri, corpus, workdir: Path, context=CONTEXT):
     params_file.write_text("model:\n  lstm_size: 32\n")
     with tracking.start_training_run(cfg, uri, context) as reporter:
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, progress=False, log=lambda _: None)
-        registration = reporter.finish_training(
-            result, best=paths.best, last=paths.last, vocab=vocab_file, params_file=params_file
-        )
-    return reporter.run_id, result, registration
+        reporter.finish_training(result, best=paths.best, last=paths.last, vocab=vocab_file, params_file=params_file)
+    if reporter.run_id is None:
+        return None, result, None
+    return reporter.run_id, result, register_checkpoint(cfg, uri, reporter.run_id, paths.best, val_ids, fingerprint)
+
+
+def register_checkpoint(cfg, uri, run_id, best: Path, val_ids, fingerprint, score=None):
+    """The register stage on `best`, scored in fp32 as the evaluate stage scores it."""
+    model, _, payload = checkpoint.load(best)
+    if score is None:
+        ids = torch.from_numpy(val_ids.astype(np.int64))
+        score = evaluate.stream_loss(model, ids, cfg.evaluate.rows, cfg.evaluate.chunk_len)
+    return registry.register(uri, run_id, best, payload["step"], score, fingerprint, cfg.tracking.model_name,
+                             {"prime": "Happy", "length": 50})
 
 
 @pytest.fixture(scope="module")
@@ -352,25 +366,6 @@ def test_dataset_inputs_name_a_url_source(store):
 # --- the registered model ---------------------------------------------------------------------
 
 
-def test_champion_moves_only_on_improvement(store, corpus, tmp_path):
-    uri, _ = store
-    client = client_for(uri)
-    name = "champion-test"
-    best = None
-    # 20 steps, then 4 (worse), then 60 (better): the alias follows the lowest best_val_loss.
-    for i, steps in enumerate((20, 4, 60)):
-        cfg = tiny_config(train={"max_steps": steps, "eval_interval": min(steps, 10)}, tracking={"model_name": name})
-        _, result, registration = run_training(cfg, uri, corpus, tmp_path / f"run{i}")
-        improved = best is None or result.best_val_loss < best[0]
-        assert registration.champion == improved
-        assert registration.previous_best == (None if best is None else pytest.approx(best[0]))
-        if improved:
-            best = (result.best_val_loss, registration.version)
-        assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": best[1]}
-    versions = client.search_model_versions(f"name='{name}'")
-    assert len(versions) == 3
-
-
 def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
     uri, _ = store
     run_id, _, _ = trained
@@ -384,7 +379,7 @@ def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
     ckpt = Path(MlflowClient(uri).download_artifacts(run_id, "checkpoints/best.pt"))
     lstm, vocab, _ = checkpoint.load(ckpt)
     assert texts[0] == generate(lstm, vocab, "Happy", 30, top_k=5, temperature=1.0, seed=7)[0]
-    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + tracking.DEFAULT_LENGTH
+    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + registry.DEFAULT_LENGTH
     assert model.predict([{"prime": "Far", "length": 5, "seed": 1}]) == model.predict({"prime": "Far", "length": 5, "seed": 1})
     assert model.metadata.get_input_schema().input_names() == ["prime", "length", "temperature", "top_k", "seed"]
 
@@ -470,7 +465,7 @@ def test_the_stages_log_one_run_into_the_repo_store(stage_repo, monkeypatch):
     write_params(stage_repo, params)
     # torch's default of one thread per core crawls when another process holds a core
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    for name in ("corpus", "encode", "split", "train", "evaluate", "sample"):
+    for name in ("corpus", "encode", "split", "train", "evaluate", "sample", "register"):
         sh(stage_repo, sys.executable, "-m", f"pipeline.{name}")
 
     client = client_for(f"sqlite:///{stage_repo / 'mlflow.db'}")
@@ -493,6 +488,11 @@ def test_the_stages_log_one_run_into_the_repo_store(stage_repo, monkeypatch):
     assert run.data.tags["sample"] == (stage_repo / "samples" / "sample.txt").read_text().rstrip("\n")[:500]
     files = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"params.yaml", "history", "loss_curve.png", "eval.json", "sample.txt"} <= files
-    assert {k: str(v) for k, v in client.get_registered_model(params["tracking"]["model_name"]).aliases.items()} == {
-        "champion": "1"
-    }
+    name = params["tracking"]["model_name"]
+    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": "1"}
+    # the register stage scored it with evaluate's fp32 loss, and said so
+    decided = json.loads((stage_repo / "models" / "registration.json").read_text())
+    assert decided["champion"] and decided["version"] == "1" and decided["run_id"] == run.info.run_id
+    version = client.get_model_version(name, "1")
+    assert float(version.tags[registry.SCORE_TAG]) == run.data.metrics["eval_val_loss"] == decided["score"]
+    assert version.tags[registry.FINGERPRINT_TAG] == decided["fingerprint"] == run.data.tags["data_fingerprint"]

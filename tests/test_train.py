@@ -72,7 +72,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     import src.train as train_module
     from src.errors import KarnnaError
 
-    def poisoned_model(cfg, vocab):
+    def poisoned_model(cfg, vocab, generator=None):
         model = train_module.CharLSTM(train_module.ModelSpec(
             vocab.size, cfg.model.embedding_dim, cfg.model.lstm_size, cfg.model.num_layers, cfg.model.dropout))
         calls = {"n": 0}

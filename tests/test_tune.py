@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -124,8 +125,8 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_d
 
     original = train_module.build_model
 
-    def sometimes_broken(cfg, vocab):
-        model = original(cfg, vocab)
+    def sometimes_broken(cfg, vocab, generator=None):
+        model = original(cfg, vocab, generator)
         if cfg.model.lstm_size == 16:
             model.head.register_forward_hook(lambda m, i, o: o * float("nan"))
         return model
@@ -223,3 +224,21 @@ def test_mlflow_parent_and_child_runs(tmp_path, study_data):
     # Resuming the study reuses the same parent run.
     study = _run(base, _space(), study_data, storage, n_trials=1, tracking_uri=uri)
     assert study.user_attrs[tracking.STUDY_RUN_ATTR] == parent_id
+
+
+def test_the_pruner_stops_trials_of_a_real_study(tmp_path, base, study_data):
+    """Real trainings, the median pruner as `python -m src.tune` makes it: after its 3 startup
+    trials, trials worse than the median at an evaluation stop there."""
+    space = _space(lstm_size=[2, 48], num_layers=[1], dropout=[0.0, 0.6], evals_per_trial=4, budget_chars=4000,
+                   n_trials=10)
+    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=10)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and len(complete) >= 3
+    budget_steps = tune.trial_config(base, space, {}).train.max_steps
+    for t in pruned:
+        assert len(t.intermediate_values) < space.evals_per_trial
+        assert t.user_attrs["steps_trained"] < budget_steps
+        # it was worse than the median of the completed trials at that evaluation
+        step, value = max(t.intermediate_values.items())
+        assert value > np.median([c.intermediate_values[step] for c in complete if c.number < t.number])
