@@ -21,6 +21,9 @@ from src.errors import KarnnaError
 
 # A reachable server answers at once; this only bounds a black-holed address.
 CONNECT_TIMEOUT_S = 5.0
+# MLflow 3's mark of a model-training experiment (3.17's UI picks its landing page by a sidebar
+# switch instead; docs/TRACKING.md).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 T = TypeVar("T")
 
@@ -49,6 +52,14 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def check_store(uri: str) -> None:
+    """Fail in one line unless the store answers a query: a server whose database is down still
+    answers /health. A SQLite file is only checked for its folder (a query would create it)."""
+    client = connect(uri)
+    if not uri.startswith("sqlite:"):
+        store_call(uri, lambda: client.search_experiments(max_results=1))
+
+
 def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     """The id of the active experiment `name`, created (artifacts beside a SQLite store) if new."""
 
@@ -56,7 +67,7 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return client.create_experiment(name, artifact_location=artifact_location(uri))
+                return client.create_experiment(name, artifact_location=artifact_location(uri), tags=EXPERIMENT_KIND)
             except MlflowException as exc:  # another process created it meanwhile
                 if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
@@ -66,6 +77,9 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
                 f"experiment {name!r} is deleted in {uri}; restore it (`mlflow experiments restore "
                 f"--experiment-id {experiment.experiment_id}`) or set another tracking.experiment"
             )
+        for key, value in EXPERIMENT_KIND.items():  # an experiment made before the tag, or by hand
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     return store_call(uri, get_or_create)

@@ -10,17 +10,20 @@ and tracking URI, so trials of a tuner may train in threads side by side. See do
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 import tempfile
 import time
+import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import mlflow
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -28,6 +31,27 @@ from src.config import Config
 from src.figures import save_loss_figure
 from src.mlflow_store import checkpoint_run, connect, experiment_id, is_missing, store_call
 from src.report import Reporter
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run trained or validated on, for the runs table's Dataset column."""
+
+    name: str  # e.g. "anna-train"
+    digest: str  # DVC's hash of the file (md5), so MLflow and dvc.lock name the same data
+    source: str  # the corpus: a local path or a URL
+    context: str  # "training" | "validation"
+    chars: int
+
+    def as_input(self) -> DatasetInput:
+        remote = urllib.parse.urlparse(self.source).scheme in ("http", "https")
+        source = {"url": self.source} if remote else {"uri": Path(self.source).resolve().as_uri()}
+        dataset = Dataset(
+            self.name, self.digest, "http" if remote else "local", json.dumps(source),
+            profile=json.dumps({"num_chars": self.chars}),
+        )
+        return DatasetInput(dataset, [InputTag("mlflow.data.context", self.context)])
+
 
 
 class MlflowReporter(Reporter):
@@ -127,6 +151,7 @@ def start_training_run(
     parent_run_id: Optional[str] = None,
     run_name: Optional[str] = None,
     stops: tuple[type[BaseException], ...] = (),
+    datasets: Sequence[DatasetInfo] = (),
 ) -> Iterator[Reporter]:
     """One MLflow run around a training; yields the reporter to hand to src.train.train.
 
@@ -143,6 +168,7 @@ def start_training_run(
 
     `parent_run_id` makes the run a child (a tuning trial under its study's run), passed
     explicitly because MLflow's active run is per thread and trials may run in threads.
+    `datasets` become the new run's dataset inputs.
     """
     if not cfg.tracking.enabled:
         yield Reporter()
@@ -160,6 +186,8 @@ def start_training_run(
             tags["mlflow.parentRunId"] = parent_run_id
         name = run_name or context.get("dvc_exp_name")
         run = store_call(uri, lambda: client.create_run(exp_id, tags=tags, run_name=name))
+        if datasets:
+            store_call(uri, lambda: client.log_inputs(run.info.run_id, [d.as_input() for d in datasets]))
     reporter = MlflowReporter(client, run.info.run_id, exp_id, cfg, logged_params=run.data.params)
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
@@ -291,6 +319,15 @@ def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[s
     if tracking_uri is None or run_id is None:
         return
     connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
+
+
+def end_failed_run(tracking_uri: Optional[str], run_id: Optional[str], reason: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+    """End a run another process left RUNNING (killed outright): FAILED, `failure_reason` set."""
+    if tracking_uri is None or run_id is None:
+        return
+    client = connect(tracking_uri)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in {**(tags or {}), "failure_reason": reason}.items()])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
 def _param_value(value: Any) -> str:
