@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import numpy as np
 import torch
@@ -206,17 +206,31 @@ class TrainContext:
     hooks: Sequence[EvalHook]
     say: Callable[[str], None]  # a line for the user, above the progress bar
     reporter: Reporter
+    eval_steps: Optional[Collection[int]] = None  # None: every train.eval_interval steps
+    eval_chars: Optional[int] = None  # None: every validation scores the whole split
+
+    def evaluates_at(self, step: int, total_steps: int) -> bool:
+        if step == total_steps:
+            return True
+        return step in self.eval_steps if self.eval_steps is not None else step % self.cfg.train.eval_interval == 0
 
 
 def validate(ctx: TrainContext, state: TrainState) -> None:
-    """Score the validation split, keep the best checkpoint, call the eval hooks."""
+    """Score the validation split, keep the best checkpoint, call the eval hooks.
+
+    With ctx.eval_chars, validations before the last score a prefix of the split: they are
+    reported (and may prune) but never compete for the best checkpoint."""
     ev = ctx.cfg.evaluate
-    loss = evaluate.stream_loss(state.model, ctx.val, ev.rows, ev.chunk_len, ctx.amp)
+    whole = ctx.eval_chars is None or state.step == state.total_steps
+    scored = ctx.val if whole else ctx.val[: ctx.eval_chars]
+    loss = evaluate.stream_loss(state.model, scored, ev.rows, ev.chunk_len, ctx.amp)
     if not math.isfinite(loss):
         raise _diverged("validation", loss, state.step, ctx.cfg)
     state.last_val = loss
     state.val_history.append((state.step, loss))
-    improved = loss < state.best_val
+    if ctx.eval_chars is not None:
+        ctx.reporter.log_metrics({"val_chars_scored": len(scored)}, state.step)
+    improved = whole and loss < state.best_val
     if improved:
         state.best_val, state.best_step = loss, state.step
         checkpoint.save(ctx.paths.best, state.model, ctx.vocab, state.step,
@@ -264,11 +278,16 @@ def train(
     log: Callable[[str], None] = print,
     resume: Optional[dict[str, Any]] = None,
     on_eval: Sequence[EvalHook] = (),
+    eval_steps: Optional[Collection[int]] = None,
+    eval_chars: Optional[int] = None,
 ) -> TrainResult:
     """Train, from scratch or from a plan_resume() payload; write best and last checkpoints.
 
     After each evaluation, reporter.on_eval and then each of `on_eval` get (step, val_loss); a
-    hook that raises (a tuner's pruning) stops the training there."""
+    hook that raises (a tuner's pruning) stops the training there. A tuner's options (the
+    pipeline uses neither): `eval_steps` validates at these steps (and the last) instead of every
+    train.eval_interval; `eval_chars` scores the validations before the last on the first
+    eval_chars characters of the split (validate())."""
     t = cfg.train
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.device.configure_process).
@@ -278,6 +297,9 @@ def train(
     # The whole split lives on the device once; every batch is a view of it.
     grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
     val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
+    if eval_chars is not None and not 2 <= eval_chars <= len(val):
+        raise KarnnaError(f"tune.eval_chars: {eval_chars:,} is not within the validation split's {len(val):,} "
+                          "characters; lower it or set it to null (the whole split)")
     steps_per_epoch = data.num_windows(grid.size(1), t.seq_len)
     total_steps = min(t.epochs * steps_per_epoch, t.max_steps or math.inf)
     state = new_state(cfg, vocab, total_steps, fingerprint(cfg, train_ids, val_ids), device, reporter.run_id)
@@ -295,7 +317,7 @@ def train(
     bar = tqdm(total=total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
                mininterval=1.0)
     ctx = TrainContext(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval],
-                       bar.write if progress else log, reporter)
+                       bar.write if progress else log, reporter, eval_steps, eval_chars)
     start = time.perf_counter()
     try:
         chars = run_steps(ctx, state, LossLog(cfg, reporter), bar)
@@ -331,7 +353,7 @@ def run_steps(ctx: TrainContext, state: TrainState, losses: LossLog, bar: tqdm) 
             losses.add(loss, gnorm, y.numel())
             bar.update(1)
             end = state.step == state.total_steps
-            evaluating = state.step % t.eval_interval == 0 or end
+            evaluating = ctx.evaluates_at(state.step, state.total_steps)
             saving = state.step % t.checkpoint_interval == 0 or end
             if state.step % t.log_interval == 0 or evaluating or saving:
                 losses.drain(state)  # the histories are complete in what is evaluated and saved

@@ -92,3 +92,33 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     with pytest.raises(KarnnaError, match=r"training loss is nan at step 16: training diverged; lower train\.lr"):
         _run(tmp_path, cfg, tiny_data)
     assert checkpoint.load_payload(tmp_path / "a-best.pt")["step"] == 10
+
+
+def test_a_tuners_eval_steps_and_prefix_scores(tmp_path, tiny_config, tiny_data, monkeypatch):
+    """eval_steps replaces eval_interval (the last step always validates); with eval_chars the
+    validations before the last score a prefix, are passed to the hooks, and never become the best."""
+    from src.report import Reporter
+
+    vocab, tr, va = tiny_data
+    seen, logged = [], []
+
+    class Recorder(Reporter):
+        def log_metrics(self, metrics, step):
+            if "val_chars_scored" in metrics:
+                logged.append((step, metrics["val_chars_scored"]))
+
+    import src.train as train_module
+
+    best_saves, save = [], train_module.checkpoint.save
+    monkeypatch.setattr(train_module.checkpoint, "save", lambda path, model, vocab, step, extra=None: (
+        best_saves.append(step) if path.name == "best.pt" else None, save(path, model, vocab, step, extra)))
+    paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
+    result = train(tiny_config, vocab, tr, va, paths, reporter=Recorder(), progress=False, log=lambda _: None,
+                   on_eval=[lambda step, loss: seen.append((step, loss))], eval_steps={4, 12}, eval_chars=60)
+    assert best_saves == [30]
+    assert [s for s, _ in seen] == [4, 12, 30] and seen == result.val_history
+    assert logged == [(4, 60), (12, 60), (30, len(va))]
+    assert result.best_step == 30  # the only whole-split score
+    model, _, _ = checkpoint.load(paths.best)
+    whole = evaluate.stream_loss(model, torch.from_numpy(va.astype(np.int64)), 4, 32)
+    assert math.isclose(whole, seen[-1][1], rel_tol=1e-6)
