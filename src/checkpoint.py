@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,7 +22,16 @@ FORMAT = "karnna-checkpoint"
 VERSION = 1
 
 
-def save(path: Path, model: CharRNN, vocab: Vocab, step: int, extra: Optional[dict[str, Any]] = None) -> None:
+def save(
+    path: Path,
+    model: CharRNN,
+    vocab: Vocab,
+    step: int,
+    extra: Optional[dict[str, Any]] = None,
+    before_publish: Optional[Callable[[], None]] = None,
+) -> None:
+    """Write the checkpoint to a temporary file, call `before_publish` (if given), then rename it
+    into place: nothing sees `path` before before_publish has returned."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -32,7 +41,12 @@ def save(path: Path, model: CharRNN, vocab: Vocab, step: int, extra: Optional[di
         "step": int(step),
         **(extra or {}),
     }
-    fileio.write_with(path, lambda p: torch.save(payload, p))
+    def write(tmp: Path) -> None:
+        torch.save(payload, tmp)
+        if before_publish is not None:
+            before_publish()
+
+    fileio.write_with(path, write)
 
 
 def load_payload(path: Path) -> dict[str, Any]:

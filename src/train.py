@@ -248,8 +248,10 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
 def save_last(ctx: TrainContext, state: TrainState) -> None:
     # What was logged up to this step reaches the store before the checkpoint says the run got
     # here: a run resumed from it logs only the steps after it again, so nothing may be in flight.
-    ctx.reporter.wait()
-    checkpoint.save(ctx.paths.last, state.model, ctx.vocab, state.step, state.to_payload(ctx.cfg.flat()))
+    # Sent first and waited for just before the rename, the store's commit overlaps the writing.
+    ctx.reporter.flush()
+    checkpoint.save(ctx.paths.last, state.model, ctx.vocab, state.step, state.to_payload(ctx.cfg.flat()),
+                    before_publish=ctx.reporter.wait)
 
 
 def new_state(cfg: Config, vocab: Vocab, total_steps: int, fp: dict[str, Any], device: torch.device,

@@ -206,10 +206,14 @@ def test_what_was_logged_reaches_the_store_before_each_resumable_checkpoint(tmp_
     reporter = Recorder()
     save = train_module.checkpoint.save
 
-    def recorded_save(path, *args, **kwargs):
-        if path.name.endswith("last.pt"):
-            events.append(reporter.pending)
-        return save(path, *args, **kwargs)
+    def recorded_save(path, *args, before_publish=None, **kwargs):
+        def publish():  # the moment last.pt appears under its name
+            if before_publish is not None:
+                before_publish()
+            if path.name.endswith("last.pt"):
+                events.append(reporter.pending)
+
+        return save(path, *args, before_publish=publish, **kwargs)
 
     monkeypatch.setattr(train_module.checkpoint, "save", recorded_save)
     vocab, tr, va = tiny_data

@@ -110,8 +110,8 @@ def test_a_tuners_eval_steps_and_prefix_scores(tmp_path, tiny_config, tiny_data,
     import src.train as train_module
 
     best_saves, save = [], train_module.checkpoint.save
-    monkeypatch.setattr(train_module.checkpoint, "save", lambda path, model, vocab, step, extra=None: (
-        best_saves.append(step) if path.name == "best.pt" else None, save(path, model, vocab, step, extra)))
+    monkeypatch.setattr(train_module.checkpoint, "save", lambda path, model, vocab, step, extra=None, **kw: (
+        best_saves.append(step) if path.name == "best.pt" else None, save(path, model, vocab, step, extra, **kw)))
     paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
     result = train(tiny_config, vocab, tr, va, paths, reporter=Recorder(), progress=False, log=lambda _: None,
                    on_eval=[lambda step, loss: seen.append((step, loss))], eval_steps={4, 12}, eval_chars=60)
