@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Collection, Optional
 
 import numpy as np
 import torch
@@ -187,8 +187,15 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     resume: Optional[dict[str, Any]] = None,
+    eval_steps: Optional[Collection[int]] = None,
+    eval_chars: Optional[int] = None,
 ) -> TrainResult:
-    """Train, from scratch or from a plan_resume() payload; write best and last checkpoints."""
+    """Train, from scratch or from a plan_resume() payload; write best and last checkpoints.
+
+    A tuner's options (the pipeline uses neither): `eval_steps` validates at these steps (and the
+    last) instead of every train.eval_interval; `eval_chars` scores the validations before the last
+    on the first eval_chars characters of the split, the last one on the whole split. Prefix scores
+    are reported as val_loss (with val_chars_scored) but never compete for the best checkpoint."""
     t = cfg.train
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.device.configure_process).
@@ -206,6 +213,9 @@ def train(
     # The whole split lives on the device once; every batch is a view of it.
     grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
     val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
+    if eval_chars is not None and not 2 <= eval_chars <= len(val):
+        raise KarnnaError(f"tune.eval_chars: {eval_chars:,} is not within the validation split's {len(val):,} "
+                          "characters; lower it or set it to null (the whole split)")
     steps_per_epoch = data.num_windows(grid.size(1), t.seq_len)
     total_steps = t.epochs * steps_per_epoch
     if t.max_steps is not None:
@@ -280,18 +290,20 @@ def train(
 
     def validate() -> None:
         nonlocal best_val, best_step, last_val
-        last_val = evaluate.stream_loss(model, val, cfg.evaluate.rows, cfg.evaluate.chunk_len, amp)
+        scored = val if eval_chars is None or step == total_steps else val[:eval_chars]
+        last_val = evaluate.stream_loss(model, scored, cfg.evaluate.rows, cfg.evaluate.chunk_len, amp)
         if not math.isfinite(last_val):
             raise KarnnaError(
                 f"validation loss is {last_val} at step {step}: training diverged; lower train.lr "
                 f"(now {t.lr:g}) or train.grad_clip (now {t.grad_clip:g}); the last good checkpoint is kept"
             )
         val_hist.append((step, last_val))
-        improved = last_val < best_val
+        improved = last_val < best_val and len(scored) == len(val)
         if improved:
             best_val, best_step = last_val, step
             checkpoint.save(paths.best, model, vocab, step, {**extra_ckpt, "val_loss": last_val})
-        reporter.log_metrics({"val_loss": last_val, "val_bpc": last_val / evaluate.LN2}, step)
+        extra = {} if eval_chars is None else {"val_chars_scored": len(scored)}
+        reporter.log_metrics({"val_loss": last_val, "val_bpc": last_val / evaluate.LN2, **extra}, step)
         reporter.flush()
         msg = (
             f"step {step:>6}/{total_steps}  train {train_hist[-1][1] if train_hist else math.nan:.4f}  "
@@ -356,7 +368,7 @@ def train(
                 bar.update(1)
                 if step % t.log_interval == 0:
                     drain()
-                if step % t.eval_interval == 0 or step == total_steps:
+                if (step in eval_steps if eval_steps is not None else step % t.eval_interval == 0) or step == total_steps:
                     drain()
                     validate()
                 if step % t.checkpoint_interval == 0 or step == total_steps:

@@ -97,3 +97,11 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     (tmp_path / "src" / "b.py").write_text("import src.c as c\n")
     (tmp_path / "src" / "c.py").write_text("import os\n")
     assert closure("src.a", tmp_path) == {"src/__init__.py", "src/a.py", "src/b.py", "src/c.py"}
+
+
+def test_the_library_never_imports_the_stages():
+    """src/ sits below pipeline/: no module of the library (src.tune's entry point included)
+    imports a stage module, anywhere in the file."""
+    offenders = {str(path.relative_to(REPO)): sorted(n for n in imported_modules(path) if n.split(".")[0] == "pipeline")
+                 for path in sorted((REPO / "src").glob("*.py"))}
+    assert not {k: v for k, v in offenders.items() if v}
