@@ -157,6 +157,25 @@ def test_intermediate_validations_score_a_prefix_and_the_last_the_whole_split(tm
     assert part.best_val_loss == part.val_history[-1][1] and part.best_step == 30
 
 
+def test_a_prefix_score_never_becomes_the_best_checkpoint(tmp_path, base, study_data, monkeypatch):
+    """Even when the prefix scores lower than the whole split (made sure of here by shifting
+    whole-split scores up), the best checkpoint and best_val_loss are the whole split's."""
+    import src.train as train_module
+    from src import checkpoint
+    from src.train import TrainPaths, train
+
+    real = train_module.evaluate.stream_loss
+    whole = len(study_data.val_ids)
+    monkeypatch.setattr(train_module.evaluate, "stream_loss",
+                        lambda model, ids, *a: real(model, ids, *a) + (10.0 if len(ids) == whole else 0.0))
+    cfg = with_overrides(base, {"train.max_steps": 20})
+    paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
+    result = train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids, paths, progress=False,
+                   log=lambda _: None, eval_steps={10}, eval_chars=60)
+    assert result.val_history[0][1] < 10 < result.val_history[1][1] == result.best_val_loss
+    assert result.best_step == 20 and checkpoint.load_payload(paths.best)["step"] == 20
+
+
 def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, base, study_data):
     """Real trainings with the default pruner: a trial stops at a rung unless it is among the best
     1/reduction_factor there, and every finished trial trained the whole budget."""
@@ -245,6 +264,22 @@ def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_d
     (frozen,) = study.trials
     assert frozen.state == optuna.trial.TrialState.PRUNED and frozen.intermediate_values.keys() == {1}
     assert reporter.last_step == min(rungs) < steps  # it stopped at the first rung
+
+
+def test_the_last_validation_is_never_pruned(tmp_path, base, study_data):
+    """The top rung is the trial's value: even a pruner that would stop everything lets it finish."""
+    from src.train import TrainPaths, train
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    space = _space()
+    trial = study.ask(search.distributions(space, base))
+    steps = search.trial_steps(base, 2000)
+    rungs = search.ladder(steps, 1, 3)
+    result = train(search.trial_config(base, search.suggest(trial, space, base), steps), study_data.vocab,
+                   study_data.train_ids, study_data.val_ids, TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"),
+                   reporter=tune.TrialReporter(trial, Reporter(), rungs), progress=False, log=lambda _: None,
+                   eval_steps=rungs)
+    assert result.steps == steps and rungs == {steps: 1}
 
 
 def test_param_cap_skips_oversized_models(tmp_path, base, study_data):
