@@ -48,19 +48,31 @@ def novel_split() -> tuple[Vocab, np.ndarray, np.ndarray]:
     return vocab, split.train, split.val
 
 
-def machine(threads: Optional[int] = None) -> str:
-    name = platform.processor() or platform.machine()
+FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")  # what the fast paths hinge on
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """-> the CPU's model name and which of FEATURES its flags list (Linux; elsewhere none)."""
+    name, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and name == (platform.processor() or platform.machine()):
                 name = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return name, [f for f in FEATURES if f in flags]
+
+
+def machine(threads: Optional[int] = None) -> str:
+    name, features = cpu_info()
     bf16 = "bf16 dot-product instructions" if cpu_has_fast_bf16() else "no fast bf16"
+    amx = "AMX" if "amx_bf16" in features else "no AMX"
     threads_text = "" if threads is None else f"{threads} torch thread(s), "
     return (
-        f"{date.today().isoformat()}, {name} ({os.cpu_count()} cores, {bf16}), torch {torch.__version__}, "
+        f"{date.today().isoformat()}, {name} ({os.cpu_count()} cores, {bf16}, {amx}; flags: {' '.join(features) or '-'}; "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
         f"{threads_text}Python {platform.python_version()}"
     )
 

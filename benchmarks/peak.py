@@ -47,6 +47,48 @@ def lstm_shapes(batch: int, seq_len: int, hidden: int) -> list[Shape]:
     ]
 
 
+def step_gemms(batch: int, seq_len: int, input_dim: int, hidden: int, layers: int, vocab: int,
+               input_grad: bool = True) -> list[tuple[Shape, int]]:
+    """Every GEMM of one training step of the char-LSTM, as (shape, times it runs).
+
+    Per layer: the input projection of all steps at once and one recurrent product per time
+    step; backward, the gradient to the layer's input (all steps), the recurrent gradient per
+    time step, and the two weight gradients summed over all steps. Then the output layer's
+    three. input_grad=False leaves out the first layer's input gradient (one-hot inputs need
+    none). With it, the FLOPs add up to flops_per_char(...) per character.
+    """
+    rows, gates = batch * seq_len, 4 * hidden
+    out: list[tuple[Shape, int]] = []
+    for n in range(layers):
+        d = input_dim if n == 0 else hidden
+        out += [(Shape(rows, d, gates, f"layer {n}: input projection"), 1),
+                (Shape(batch, hidden, gates, f"layer {n}: recurrent step"), seq_len)]
+        if n > 0 or input_grad:
+            out.append((Shape(rows, gates, d, f"layer {n}: input gradient"), 1))
+        out += [(Shape(batch, gates, hidden, f"layer {n}: recurrent gradient step"), seq_len),
+                (Shape(gates, rows, d, f"layer {n}: input weight gradient"), 1),
+                (Shape(gates, rows, hidden, f"layer {n}: recurrent weight gradient"), 1)]
+    out += [(Shape(rows, hidden, vocab, "output layer"), 1), (Shape(rows, vocab, hidden, "output input gradient"), 1),
+            (Shape(vocab, rows, hidden, "output weight gradient"), 1)]
+    return out
+
+
+def shape_rates(shapes: list[Shape], precision: str, seconds: float) -> dict[tuple[int, int, int], float]:
+    """FLOP/s of each distinct (m, k, n), by the fastest kernel measured for it at the current threads."""
+    distinct = {(s.m, s.k, s.n): Shape(s.m, s.k, s.n, f"{s.m}x{s.k}x{s.n}") for s in shapes}
+    result = measure(list(distinct.values()), [precision], seconds * len(distinct))
+    rates: dict[tuple[int, int, int], float] = {}
+    for (kernel, what), rate in result[precision]["rates"].items():
+        key = tuple(int(d) for d in what.split("x"))
+        rates[key] = max(rate, rates.get(key, 0.0))
+    return rates
+
+
+def roofline_seconds(gemms: list[tuple[Shape, int]], rates: dict[tuple[int, int, int], float]) -> float:
+    """A step's time if it were nothing but its GEMMs, each at the fastest rate measured for its shape."""
+    return sum(count * s.flops / rates[(s.m, s.k, s.n)] for s, count in gemms)
+
+
 def flops_per_char(input_dim: int, hidden: int, layers: int, vocab: int, training: bool = True) -> int:
     """Multiply-adds x2 of the LSTM's gate GEMMs and the output layer, per character.
 
@@ -150,7 +192,24 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
         ],
     ))
+    print()
+    print(roofline_table(args.batch, args.seq_len, args.embedding_dim, h, l, v, args.seconds / 4))
     return 0
+
+
+def roofline_table(batch: int, seq_len: int, embedding_dim: int, hidden: int, layers: int, vocab: int,
+                   seconds: float) -> str:
+    """Each model's training step at its own roofline, per precision (the shapes timed here and now)."""
+    models = {"project": step_gemms(batch, seq_len, embedding_dim, hidden, layers, vocab),
+              "reference": step_gemms(batch, seq_len, vocab, hidden, layers, vocab, input_grad=False)}
+    rows = []
+    for name in DTYPES:
+        rates = shape_rates([s for g in models.values() for s, _ in g], name, seconds)
+        for model, gemms in models.items():
+            t = roofline_seconds(gemms, rates)
+            flops = sum(c * s.flops for s, c in gemms)
+            rows.append([model, name, f"{t * 1e3:.0f} ms", fmt_rate(batch * seq_len / t), f"{fmt_rate(flops / t)}FLOP/s"])
+    return table(["training step", "precision", "roofline step time", "roofline chars/s", "roofline mean rate"], rows)
 
 
 if __name__ == "__main__":

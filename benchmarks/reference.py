@@ -14,7 +14,7 @@ Not a module to import in the project: it exists to be measured against.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -62,8 +62,10 @@ class SeedTrainer:
 
     def __init__(self, ids: np.ndarray, vocab_size: int, lstm_size: int = 512, num_layers: int = 2,
                  dropout: float = 0.5, batch_size: int = 100, seq_len: int = 100, lr: float = 1e-3,
-                 grad_clip: float = 5.0, seed: int = 1234):
+                 grad_clip: float = 5.0, seed: int = 1234, amp: Optional[torch.dtype] = None):
+        """amp: an autocast dtype (bf16) for the forward pass, as plain PyTorch would add it; None: fp32."""
         torch.manual_seed(seed)
+        self.amp = amp
         self.model = SeedLSTM(vocab_size, lstm_size, num_layers, dropout).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.grad_clip = grad_clip
@@ -81,8 +83,9 @@ class SeedTrainer:
         inputs = one_hot(x, self.model.vocab_size)
         targets = torch.from_numpy(y.astype(np.int64))
         state = tuple(s.detach() for s in self.state)
-        logits, self.state = self.model(inputs, state)
-        loss = F.cross_entropy(logits.reshape(-1, self.model.vocab_size), targets.reshape(-1))
+        with torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            logits, self.state = self.model(inputs, state)
+        loss = F.cross_entropy(logits.float().reshape(-1, self.model.vocab_size), targets.reshape(-1))
         self.opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

@@ -24,6 +24,7 @@ steps in fp32 and in bf16 from the same seed and in fp32 from the next seed; the
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -99,6 +100,8 @@ def pick_peak_kernels(seconds: float) -> dict[str, tuple[str, peak.Shape]]:
 def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
     trainers = {
         "reference": SeedTrainer(train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN),
+        "reference bf16": SeedTrainer(train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN,
+                                      amp=torch.bfloat16),
         "fp32": ProjectTrainer(train_ids, vocab.size, "fp32"),
         "bf16": ProjectTrainer(train_ids, vocab.size, "bf16"),
     }
@@ -107,6 +110,9 @@ def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
     kernels = pick_peak_kernels(args.peak_seconds * 4)
     print("peak kernels: " + ", ".join(f"{p} {k} on {s.m}x{s.k}x{s.n}" for p, (k, s) in kernels.items()), flush=True)
     peak_fns = {p: (peak.KERNELS[k](s, peak.DTYPES[p]), s.flops) for p, (k, s) in kernels.items()}
+    gemms = step_gemms(vocab.size)
+    roof_shapes = [s for g in gemms.values() for s, _ in g]
+    roof_rates: dict[str, dict] = {"fp32": {}, "bf16": {}}  # (m, k, n) -> the fastest FLOP/s measured
     steps: dict[str, list[float]] = {name: [] for name in trainers}
     cycles: list[dict[str, float]] = []
     order = list(trainers) + ["peak"]
@@ -117,15 +123,33 @@ def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
                 with torch.no_grad():
                     for p, (fn, flops) in peak_fns.items():
                         cycle[f"peak {p}"] = peak.gemm_rate(fn, flops, args.peak_seconds)
+                    for p, best in roof_rates.items():  # every GEMM shape of the steps, this cycle and best
+                        rates = peak.shape_rates(roof_shapes, p, args.roofline_seconds)
+                        for name, g in gemms.items():
+                            cycle[f"roofline {name} {p}"] = peak.roofline_seconds(g, rates) / (BATCH * SEQ_LEN)
+                        for key, rate in rates.items():
+                            best[key] = max(rate, best.get(key, 0.0))
             else:
                 rates = [BATCH * SEQ_LEN / t for t in trainers[task].timed_steps(args.steps)]
                 steps[task].extend(rates)
                 cycle[task] = median(rates)
         cycles.append(cycle)
         print(f"cycle {c + 1}/{args.cycles}: " + ", ".join(
-            f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s") for k, v in cycle.items()
+            f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s")
+            for k, v in cycle.items() if not k.startswith("roofline")
         ), flush=True)
-    return {"steps": steps, "cycles": cycles, "peak_kernels": {p: [k, s.what] for p, (k, s) in kernels.items()}}
+    roofline = {name: {p: peak.roofline_seconds(g, roof_rates[p]) / (BATCH * SEQ_LEN) for p in roof_rates}
+                for name, g in gemms.items()}  # seconds per character at each precision
+    return {"steps": steps, "cycles": cycles, "peak_kernels": {p: [k, s.what] for p, (k, s) in kernels.items()},
+            "roofline_s_per_char": roofline,
+            "roofline_rates": {p: {"x".join(map(str, k)): r for k, r in v.items()} for p, v in roof_rates.items()}}
+
+
+def step_gemms(vocab_size: int) -> dict[str, list[tuple[peak.Shape, int]]]:
+    """The GEMMs of the project's and the reference's step (one-hot inputs: no input gradient)."""
+    return {"project": peak.step_gemms(BATCH, SEQ_LEN, EMBEDDING, LSTM_SIZE, NUM_LAYERS, vocab_size),
+            "reference": peak.step_gemms(BATCH, SEQ_LEN, vocab_size, LSTM_SIZE, NUM_LAYERS, vocab_size,
+                                         input_grad=False)}
 
 
 def quality(args, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray) -> list[dict]:
@@ -151,26 +175,37 @@ def quality(args, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray) -> l
 
 def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
     v = args.vocab_size
-    flops = {
-        "reference": peak.flops_per_char(v, LSTM_SIZE, NUM_LAYERS, v),
-        "fp32": peak.flops_per_char(EMBEDDING, LSTM_SIZE, NUM_LAYERS, v),
-        "bf16": peak.flops_per_char(EMBEDDING, LSTM_SIZE, NUM_LAYERS, v),
-    }
-    precision = {"reference": "fp32", "fp32": "fp32", "bf16": "bf16"}
-    cycles = thr["cycles"]
+    project, reference = (peak.flops_per_char(d, LSTM_SIZE, NUM_LAYERS, v) for d in (EMBEDDING, v))
+    flops = {"reference": reference, "reference bf16": reference, "fp32": project, "bf16": project}
+    precision = {"reference": "fp32", "reference bf16": "bf16", "fp32": "fp32", "bf16": "bf16"}
+    model = {"reference": "reference", "reference bf16": "reference", "fp32": "project", "bf16": "project"}
+    cycles, roof = thr["cycles"], thr["roofline_s_per_char"]
     peaks = {p: median(c[f"peak {p}"] for c in cycles) for p in ("fp32", "bf16")}
     ref = median(thr["steps"]["reference"])
     rows, out = [], {}
-    for key, label in (("reference", "reference: seed recipe, fp32, one-hot"), ("fp32", "project, fp32"),
+    for key, label in (("reference", "reference: seed recipe, fp32, one-hot"),
+                       ("reference bf16", "reference with bf16 autocast"), ("fp32", "project, fp32"),
                        ("bf16", "project, bf16 autocast")):
         cps = median(thr["steps"][key])
         ratio = median(c[key] / c["reference"] for c in cycles)
         util = median(c[key] * flops[key] / c[f"peak {precision[key]}"] for c in cycles)
+        roof_s = median(c[f"roofline {model[key]} {precision[key]}"] for c in cycles)
+        roof_util = median(c[key] * c[f"roofline {model[key]} {precision[key]}"] for c in cycles)
+        best_util = cps * roof[model[key]][precision[key]]
         rows.append([label, fmt_rate(cps), fmt_rate(ref), f"{ratio:.2f}x", f"{fmt_rate(cps * flops[key])}FLOP/s",
-                     f"{util * 100:.0f}% (peak {precision[key]} {fmt_rate(peaks[precision[key]])}FLOP/s)"])
-        out[key] = {"chars_per_sec": cps, "vs_reference": ratio, "utilisation": util}
+                     f"{util * 100:.0f}% (peak {precision[key]} {fmt_rate(peaks[precision[key]])}FLOP/s)",
+                     f"{roof_util * 100:.0f}% (roofline {fmt_rate(1 / roof_s)} chars/s)",
+                     f"{best_util * 100:.0f}% ({fmt_rate(1 / roof[model[key]][precision[key]])} chars/s)"])
+        out[key] = {"chars_per_sec": cps, "vs_reference": ratio, "utilisation": util, "roofline_utilisation": roof_util,
+                    "best_rates_roofline_utilisation": best_util}
     print()
-    print(table(["training step", "chars/s", "reference chars/s", "ratio", "model FLOP/s", "utilisation"], rows))
+    print(table(["training step", "chars/s", "reference chars/s", "ratio", "model FLOP/s", "utilisation (single peak)",
+                 "of the step's own roofline", "of the roofline at the run's best rates"], rows))
+    print("roofline: every GEMM of the step (forward input projection and recurrent steps, backward input and "
+          "recurrent gradients, weight gradients, output layer) at the fastest rate measured for its shape "
+          "(torch.mm or oneDNN), FLOP-weighted: the step's time if it were nothing but its GEMMs. Own roofline: "
+          "each cycle's rates, median over cycles (load cancels, as in the ratios); best rates: each shape's "
+          "fastest in any cycle against the median step (lower while other processes load the machine).")
     bf16_rate = out["bf16"]["chars_per_sec"]
     print(f"\nratio and utilisation: medians over cycles of each cycle's own figures. FLOPs per character "
           f"(training, 3x forward): project {flops['bf16'] / 1e6:.2f}M, reference {flops['reference'] / 1e6:.2f}M. "
@@ -191,13 +226,20 @@ def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
     goals = {
         ">= 1.5x reference": out["bf16"]["vs_reference"] >= 1.5,
         ">= 60% of the bf16 peak": out["bf16"]["utilisation"] >= 0.6,
+        ">= 75% of the bf16 step's roofline": out["bf16"]["roofline_utilisation"] >= 0.75,
         "loss no worse than fp32": verdict.get("holds"),
     }
     print("goals: " + "; ".join(f"{k}: {'met' if ok else 'not met' if ok is not None else 'not checked'}"
                                 for k, ok in goals.items()))
     return {"machine": args.machine, "keep_freed_memory": args.keep_freed_memory, "results": out, "peaks": peaks,
+            "roofline_s_per_char": roof, "roofline_rates": thr["roofline_rates"],
             "flops_per_char": flops, "cycles": cycles, "peak_kernels": thr["peak_kernels"], "quality": runs,
             "quality_verdict": verdict, "goals": goals}
+
+
+def onednn_version() -> str:
+    found = re.search(r"(oneDNN|MKL-DNN) v[\d.]+", torch.__config__.show())
+    return found.group(0).replace("MKL-DNN", "oneDNN") if found else "no oneDNN in this torch build"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -205,6 +247,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--cycles", type=int, default=8, help="interleaved cycles (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant and cycle (default: %(default)s)")
     p.add_argument("--peak-seconds", type=float, default=0.3, help="matmul timing per precision and cycle")
+    p.add_argument("--roofline-seconds", type=float, default=0.03,
+                   help="timing per GEMM shape, kernel and precision in each cycle (default: %(default)s)")
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
     p.add_argument("--quality-steps", type=int, default=30, help="steps of the quality check; 0 skips it")
     p.add_argument("--glibc-default", action="store_true",
@@ -219,6 +263,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.keep_freed_memory = False if args.glibc_default else keep_freed_memory()
     print("glibc malloc: " + ("keeps freed memory (src.train's setting), for the reference too: same process"
                               if args.keep_freed_memory else "default (returns freed memory; every step faults it in again)"))
+    print("path: project on CPU with dropout: src.model's layer-by-layer oneDNN LSTM (one torch.lstm call per "
+          "layer, time-major) with its own 16-bit dropout masks; reference: nn.LSTM (both layers in one call) with "
+          f"ATen's bernoulli dropout; {onednn_version()}")
     vocab, train_ids, val_ids = novel_split()
     args.vocab_size, args.train_chars = vocab.size, len(train_ids)
     print(f"seed recipe: {NUM_LAYERS}x{LSTM_SIZE} LSTM, dropout {DROPOUT}, batch {BATCH} x {SEQ_LEN}; "

@@ -11,67 +11,14 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 
 from src import checkpoint
 from src.config import SampleConfig
 from src.errors import KarnnaError
 from src.model import CharLSTM, Hidden, count_params
+from src.stepper import Stepper
 from src.vocab import Vocab
-
-
-LayerStates = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-class Stepper:
-    """Advances a CharLSTM by one character per call, for generation; a snapshot of its weights.
-
-    nn.LSTM on CPU goes through oneDNN, which reorders the weights into its own layout on every
-    call: for one character that costs milliseconds, over ten times the arithmetic. Here a step
-    is a few matrix-vector products on weights prepared once, done by numpy's OpenBLAS: its
-    GEMV read a 2048 x 512 matrix in 25-35 us here against 57-59 us for torch's MKL path (and no
-    slower with another process on a core; docs/BENCHMARKS.md). The first layer's input is always
-    one of vocab_size embeddings, so its input projection and both biases become a (vocab, 4H)
-    table, looked up per step. Gates in nn.LSTM's order (input, forget, cell, output); no
-    dropout, as in eval mode. Build a new Stepper after the weights change.
-    """
-
-    def __init__(self, model: CharLSTM):
-        lstm = model.lstm
-        self.layers = []
-        for n in range(model.spec.num_layers):
-            w_ih, w_hh, b_ih, b_hh = (
-                getattr(lstm, f"{kind}_l{n}").detach() for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            )
-            self.layers.append((w_ih.numpy(), w_hh.numpy(), b_ih + b_hh))
-        self.table = torch.nn.functional.linear(model.embed.weight.detach(), lstm.weight_ih_l0.detach(), self.layers[0][2])
-        self.head = model.head
-
-    @staticmethod
-    def states(hidden: Hidden) -> LayerStates:
-        """nn.LSTM's (h, c), each (L, N, H) -> [(h, c)] per layer, what __call__ carries."""
-        return list(zip(hidden[0].unbind(0), hidden[1].unbind(0)))
-
-    def __call__(self, idx: torch.Tensor, states: LayerStates) -> tuple[torch.Tensor, LayerStates]:
-        """idx (N,) int -> logits (N, vocab_size) of the next character, and the new states."""
-        new, x = [], idx
-        for n, ((h, c), (w_ih, w_hh, bias)) in enumerate(zip(states, self.layers)):
-            inputs = self.table[x] if n == 0 else _times_t(x, w_ih).add_(bias)
-            gates = _times_t(h, w_hh).add_(inputs)
-            # One sigmoid over all four gates (the cell gate's share is wasted) and one tanh for the
-            # cell gate: at one character a step, each op's fixed cost outweighs its arithmetic.
-            i, f, _, o = gates.sigmoid().chunk(4, dim=1)
-            g = gates[:, 2 * h.size(1) : 3 * h.size(1)].tanh()
-            c = torch.addcmul(f * c, i, g)
-            x = o * c.tanh()
-            new.append((x, c))
-        return self.head(x), new
-
-
-def _times_t(x: torch.Tensor, w: np.ndarray) -> torch.Tensor:
-    """x (N, in) @ w.T for w (out, in), by OpenBLAS; shares memory both ways, no copies."""
-    return torch.from_numpy(x.numpy() @ w.T)
 
 
 class ModelCall:
@@ -84,13 +31,17 @@ class ModelCall:
     def states(hidden: Hidden) -> Hidden:
         return hidden
 
+    @staticmethod
+    def threads() -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
     def __call__(self, idx: torch.Tensor, states: Hidden) -> tuple[torch.Tensor, Hidden]:
         logits, hidden = self.model(idx.view(-1, 1), states)
         return logits[:, -1], hidden
 
 
 # oneDNN's repacking of the weights at every call is a fixed cost that a batch shares, and its
-# GEMMs are faster than the Stepper's (MKL's fp32 path is slow on AMD CPUs): from about 64
+# GEMMs are faster than the Stepper's GEMVs: from about 64
 # samples at once nn.LSTM wins on CPU (2x at 128 on 2 cores), below it the Stepper does (20x at
 # one sample). On a GPU one cuDNN call beats the Stepper's twenty small kernels.
 STEPPER_BELOW = 64
@@ -106,13 +57,15 @@ def generate(
     temperature: float = 1.0,
     seed: Optional[int] = None,
     num_samples: int = 1,
+    gemv: Optional[str] = None,
 ) -> list[str]:
     """-> num_samples continuations of `prime`, each prime + `length` new characters.
 
     top_k=1 is greedy; top_k=0 samples from the whole distribution. The prime is read in one
     call; then one step per character for all samples at once (a batch of num_samples). The
     same seed gives the same text on the same kind of device (the draws come from a generator
-    on the model's device: the CPU's for MPS).
+    on the model's device: the CPU's for MPS). `gemv` names the Stepper's matrix-vector path
+    (src.stepper.GEMV_PATHS); None measures which is fastest here, once per process.
     """
     if length < 1:
         raise KarnnaError(f"sample length is {length}; ask for at least 1 character")
@@ -128,15 +81,14 @@ def generate(
     device = model.head.weight.device
     k = top_k if 0 < top_k < vocab.size else 0
     with _threads_for(device, num_samples * count_params(model)):
-        out = _draw(model, prime_ids, length, k, temperature, seed, num_samples)
+        out = _draw(model, prime_ids, length, k, temperature, seed, num_samples, gemv)
     return [prime + vocab.decode(row.tolist()) for row in out]
 
 
 # Below this many multiply-adds per step, a second torch thread costs more in hand-offs than it
 # saves: on 2 cores, 1 and 4 samples of a 2x512 model ran no faster on two threads, and 10-100x
-# slower while another process kept a core busy. Larger batches keep torch's setting. (The
-# Stepper's products run on numpy's OpenBLAS threads, OPENBLAS_NUM_THREADS, which did not
-# collapse that way.)
+# slower while another process kept a core busy. Larger batches keep torch's setting. (Where the
+# Stepper's products go through numpy, its BLAS threads are the path's own choice: src/stepper.py.)
 ONE_THREAD_BELOW = 32_000_000
 
 
@@ -160,7 +112,8 @@ def _draw_one(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _draw(
-    model: CharLSTM, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int
+    model: CharLSTM, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int,
+    gemv: Optional[str] = None,
 ) -> torch.Tensor:
     """-> (num_samples, length) ids on the CPU."""
     device = model.head.weight.device
@@ -173,9 +126,16 @@ def _draw(
         gen.seed()
     idx = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0).expand(num_samples, -1)
     logits, hidden = model(idx)
-    last = logits[:, -1]  # (N, V)
-    step = Stepper(model) if device.type == "cpu" and num_samples < STEPPER_BELOW else ModelCall(model)
+    step = Stepper(model, gemv) if device.type == "cpu" and num_samples < STEPPER_BELOW else ModelCall(model)
     states = step.states(hidden)
+    with step.threads():
+        return _loop(step, states, logits[:, -1], length, k, temperature, gen, draw_on)
+
+
+def _loop(step, states, last: torch.Tensor, length: int, k: int, temperature: float, gen: torch.Generator,
+          draw_on: torch.device) -> torch.Tensor:
+    """-> (N, length) ids on the CPU: draw from `last`, step, repeat."""
+    device = last.device
     out = []
     for i in range(length):
         if k == 1:

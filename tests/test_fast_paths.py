@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from benchmarks.reference import SeedLSTM, get_batches, one_hot
 from src.model import CharLSTM, ModelSpec, dropout_mask
+from src import stepper as stepper_mod
 from src.sample import STEPPER_BELOW, Stepper, generate
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT
@@ -57,17 +58,20 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
     assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
 
 
-def test_stepper_gives_the_models_logits_step_by_step():
+@pytest.mark.parametrize("path", list(stepper_mod.GEMV_PATHS))
+def test_stepper_gives_the_models_logits_step_by_step(path):
     model = _model(layers=3, dropout=0.3).eval()
     idx = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(2))
+    atol = 1e-5 if path in stepper_mod.EXACT_PATHS else 2e-2  # bf16 weights: 8 bits of mantissa
     with torch.no_grad():
         full, _ = model(idx)
         logits, hidden = model(idx[:, :1])
-        step = Stepper(model)
+        step = Stepper(model, path)
         states = step.states(hidden)
-        for t in range(1, idx.size(1)):
-            logits, states = step(idx[:, t], states)
-            assert torch.allclose(logits, full[:, t], atol=1e-5), t
+        with step.threads():
+            for t in range(1, idx.size(1)):
+                logits, states = step(idx[:, t], states)
+                assert torch.allclose(logits, full[:, t], atol=atol), t
 
 
 def _plain_generate(model, vocab, prime, length, top_k, seed, num_samples):
@@ -87,10 +91,88 @@ def _plain_generate(model, vocab, prime, length, top_k, seed, num_samples):
 def test_generate_draws_what_the_plain_loop_draws():
     vocab = build_vocab(TINY_TEXT, "lf")
     model = _model(vocab.size).eval()
-    for seed, n in ((3, 1), (4, 5), (5, STEPPER_BELOW)):  # the Stepper, then the model's own call
+    for seed, n in ((3, 1), (4, 5), (5, STEPPER_BELOW)):  # the Stepper (path measured), then the model's own call
         assert generate(model, vocab, "The", 60, top_k=4, seed=seed, num_samples=n) == _plain_generate(
             model, vocab, "The", 60, 4, seed, n
         )
+
+
+@pytest.mark.parametrize("path", stepper_mod.EXACT_PATHS)
+def test_every_fp32_gemv_path_draws_the_plain_loops_text(path):
+    vocab = build_vocab(TINY_TEXT, "lf")
+    model = _model(vocab.size).eval()
+    for seed, n in ((3, 1), (4, 5)):
+        assert generate(model, vocab, "The", 120, top_k=4, seed=seed, num_samples=n, gemv=path) == _plain_generate(
+            model, vocab, "The", 120, 4, seed, n
+        )
+
+
+def test_pick_takes_the_fastest_path_and_bf16_or_threaded_blas_only_by_a_clear_margin():
+    pick = stepper_mod.pick
+    assert pick({"numpy": 2.0, "numpy-1": 3.0, "torch": 1.0, "bf16": 0.9}) == "torch"  # bf16 within the margin
+    assert pick({"numpy": 1.0, "numpy-1": 1.25, "torch": 2.0, "bf16": 3.0}) == "numpy-1"  # threads: 1.25x, not enough
+    assert pick({"numpy": 1.0, "numpy-1": 2.0, "torch": 2.0, "bf16": 3.0}) == "numpy"  # 2x faster: taken
+    assert pick({"numpy": 9.0, "numpy-1": 3.0, "torch": 2.0, "bf16": 1.0}) == "bf16"  # 2x faster: taken
+    assert pick({"numpy": 9.0, "numpy-1": 1.0, "torch": 1.1, "bf16": 1.2}) == "numpy-1"
+
+
+def test_choose_path_measures_once_per_shape_and_thread_count(monkeypatch):
+    calls = []
+
+    def fake_times(model):
+        calls.append(model)
+        return {"numpy": 3e-4, "numpy-1": 2e-4, "torch": 1e-4, "bf16": 5e-4}
+
+    monkeypatch.setattr(stepper_mod, "_CHOSEN", {})
+    monkeypatch.setattr(stepper_mod, "time_paths", fake_times)
+    model = _model(vocab_size=23)
+    assert stepper_mod.choose_path(model) == "torch" and Stepper(model).path == "torch"
+    assert len(calls) == 1  # the second Stepper reused the measurement
+    stepper_mod.choose_path(_model(vocab_size=23, layers=3))
+    assert len(calls) == 2  # another shape is measured anew
+
+
+def test_time_paths_times_every_candidate_on_the_real_step():
+    times = stepper_mod.time_paths(_model(), rounds=2, steps=2)
+    assert set(times) == set(stepper_mod.GEMV_PATHS) and all(0 < t < 0.1 for t in times.values())
+
+
+def _peaky_model(vocab_size, seed=0):
+    """A random model whose next-character distributions are far from uniform, as a trained one's."""
+    model = _model(vocab_size, seed=seed).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(8.0)
+        for p in model.lstm.parameters():
+            p.mul_(3.0)
+    return model
+
+
+def test_bf16_gemv_keeps_the_next_character_distribution():
+    """bf16 weights change a seed's text but not what is drawn from: along a 400-character walk the
+    next-character distributions differ by a total variation far below what a sample could show
+    (0.01 needs ~10,000 draws to detect), and long samples have the same character frequencies."""
+    vocab = build_vocab(TINY_TEXT, "lf")
+    model = _peaky_model(vocab.size)
+    walk = torch.randint(0, vocab.size, (400,), generator=torch.Generator().manual_seed(3))
+    probs = {}
+    with torch.no_grad():
+        for path in ("torch", "bf16"):
+            step = Stepper(model, path)
+            states, rows = step.states(model.init_hidden(1)), []
+            for t in range(walk.numel()):
+                logits, states = step(walk[t : t + 1], states)
+                rows.append(torch.softmax(logits, -1))
+            probs[path] = torch.cat(rows)
+    tv = 0.5 * (probs["bf16"] - probs["torch"]).abs().sum(-1)
+    assert tv.max() < 0.02 and tv.mean() < 0.005, (tv.max(), tv.mean())  # measured: 0.003 and 0.0009
+
+    def freqs(path, seed):
+        text = generate(model, vocab, "T", 6000, top_k=0, seed=seed, gemv=path)[0]
+        return torch.bincount(torch.tensor(vocab.encode(text)), minlength=vocab.size).float() / len(text)
+
+    base, again, bf16 = freqs("torch", 1), freqs("torch", 2), freqs("bf16", 3)
+    noise = 0.5 * (again - base).abs().sum()  # fp32 against fp32: sampling noise alone (0.03 here)
+    assert 0.5 * (bf16 - base).abs().sum() < 2 * noise + 0.01, (0.5 * (bf16 - base).abs().sum(), noise)
 
 
 def test_generate_leaves_the_thread_setting_as_it_was():

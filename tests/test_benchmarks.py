@@ -1,0 +1,35 @@
+"""The benchmarks' arithmetic: the step's GEMM list, its roofline and the CPU description."""
+
+import pytest
+
+from benchmarks import peak
+from benchmarks.common import FEATURES, cpu_info, machine
+
+
+@pytest.mark.parametrize("input_dim", [64, 83])
+def test_step_gemms_add_up_to_the_training_flops(input_dim):
+    gemms = peak.step_gemms(100, 100, input_dim, 512, 2, 83)
+    flops = sum(count * s.flops for s, count in gemms)
+    assert flops == 100 * 100 * peak.flops_per_char(input_dim, 512, 2, 83)
+    no_input_grad = peak.step_gemms(100, 100, input_dim, 512, 2, 83, input_grad=False)
+    assert flops - sum(c * s.flops for s, c in no_input_grad) == 2 * 100 * 100 * 4 * 512 * input_dim
+
+
+def test_roofline_weights_each_gemm_by_its_own_rate():
+    gemms = [(peak.Shape(10, 20, 30, "a"), 1), (peak.Shape(5, 5, 5, "b"), 100)]
+    rates = {(10, 20, 30): 12_000.0, (5, 5, 5): 500.0}
+    # 12,000 FLOPs at 12,000/s and 100 x 250 FLOPs at 500/s
+    assert peak.roofline_seconds(gemms, rates) == pytest.approx(1.0 + 50.0)
+
+
+def test_shape_rates_times_every_distinct_shape():
+    shapes = [peak.Shape(64, 32, 16, "x"), peak.Shape(64, 32, 16, "same shape"), peak.Shape(8, 32, 16, "y")]
+    rates = peak.shape_rates(shapes, "fp32", 0.01)
+    assert set(rates) == {(64, 32, 16), (8, 32, 16)} and all(r > 0 for r in rates.values())
+
+
+def test_machine_names_the_cpu_and_its_bf16_and_amx_features():
+    name, features = cpu_info()
+    assert name and set(features) <= set(FEATURES)
+    text = machine(1)
+    assert name in text and ("AMX" in text) and "bf16" in text
