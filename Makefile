@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages call `python`; this makes it the venv's without activating it.
 RUN    := PATH="$(abspath $(BIN)):$$PATH"
 
-.PHONY: setup repro test test-fast clean-venv
+.PHONY: setup repro test test-fast preflight clean-venv
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 repro: setup
 	$(RUN) $(BIN)/dvc repro
+
+# Before training in a team: the DVC remote, the tracking store (and tune.storage) answer.
+preflight: setup
+	$(RUN) $(BIN)/python -m src.preflight
 
 test: setup
 	$(RUN) $(BIN)/python -m pytest

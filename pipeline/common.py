@@ -82,6 +82,23 @@ def run_context(*data_files: Path) -> dict:
     }
 
 
+def run_name(context: dict) -> str:
+    """The MLflow run's name: the DVC experiment's, else `<short commit> repro` (plain `dvc repro`)."""
+    if context.get("dvc_exp_name"):
+        return context["dvc_exp_name"]
+    commit = context.get("git_commit")
+    return f"{commit[:7]} repro" if commit else "repro"
+
+
+def file_md5(path: Path) -> str:
+    """DVC 3's hash of a file (`md5` in dvc.lock): plain MD5 of its bytes."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(

@@ -2,6 +2,7 @@
 metrics/train.json for `dvc metrics show`, plots/*.csv for `dvc plots show`."""
 
 import sys
+from pathlib import Path
 
 from pipeline.common import (
     BEST,
@@ -11,13 +12,17 @@ from pipeline.common import (
     PLOTS,
     SPLIT_DIR,
     VOCAB,
+    file_md5,
     load_config,
+    main_repo_root,
     run_context,
+    run_name,
     stage,
     tracking_uri,
 )
-from src import fileio, tracking
+from src import corpus, fileio, tracking
 from src.device import configure_process, resolve_device
+from src.tracking import DatasetInfo
 from src.train import TrainPaths, plan_resume, train
 from src.vocab import Vocab
 
@@ -31,6 +36,17 @@ def write_history(result) -> None:
         PLOTS / "val_loss.csv",
         "step,val_loss\n" + "".join(f"{s},{v:.5f}\n" for s, v in result.val_history),
     )
+
+
+def datasets(cfg, train_ids, val_ids) -> list[DatasetInfo]:
+    """The split files as MLflow dataset inputs: DVC's hash, and where the corpus came from."""
+    found = corpus.locate(cfg.data.path, main_repo_root())
+    source = str(found.resolve()) if found is not None else cfg.data.url
+    stem = Path(source.rstrip("/")).stem or "corpus"
+    return [
+        DatasetInfo(f"{stem}-{name}", file_md5(SPLIT_DIR / f"{name}.npy"), source, role, len(ids))
+        for name, role, ids in (("train", "training", train_ids), ("val", "validation", val_ids))
+    ]
 
 
 @stage
@@ -47,7 +63,10 @@ def main() -> None:
     resume = plan_resume(cfg, train_ids, val_ids, paths)
     # A resumed training continues the MLflow run its checkpoint names.
     resume_run_id = resume.get("run_id") if resume else None
-    with tracking.start_training_run(cfg, uri, context, resume_run_id=resume_run_id) as reporter:
+    inputs = datasets(cfg, train_ids, val_ids)
+    with tracking.start_training_run(
+        cfg, uri, context, resume_run_id=resume_run_id, run_name=run_name(context), datasets=inputs
+    ) as reporter:
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, resume=resume)
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())

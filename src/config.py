@@ -288,7 +288,7 @@ def _one_line(cls: type[Section], error: dict, source: str, prefix: str) -> str:
     else:
         what = _what(kind, value, error, _expected(cls, loc))
     key = ".".join(([prefix] if prefix else []) + [p for p in loc if not p.isdigit()])
-    key += "".join(f"[{p}]" for p in loc if p.isdigit())  # list items: tune.lstm_size[0]
+    key += "".join(f"[{p}]" for p in loc if p.isdigit())  # list items: tune.enqueue[0]
     return f"{source}: {key}: {what}" if source else f"{key}: {what}"
 
 

@@ -9,6 +9,7 @@ and tracking URI, so trials of a tuner may train in threads side by side. See do
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import tempfile
 import time
@@ -16,12 +17,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import mlflow
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -30,8 +32,32 @@ from src.config import Config
 from src.errors import KarnnaError
 from src.report import Reporter
 
+# MLflow 3's mark of a model-training experiment (3.17's UI picks its landing page by a sidebar
+# switch instead; docs/TRACKING.md).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A reachable server answers at once; this only bounds a black-holed address.
 CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a run trained or validated on, for the runs table's Dataset column."""
+
+    name: str  # e.g. "anna-train"
+    digest: str  # DVC's hash of the file (md5), so MLflow and dvc.lock name the same data
+    source: str  # the corpus: a local path or a URL
+    context: str  # "training" | "validation"
+    chars: int
+
+    def as_input(self) -> DatasetInput:
+        remote = urllib.parse.urlparse(self.source).scheme in ("http", "https")
+        source = {"url": self.source} if remote else {"uri": Path(self.source).resolve().as_uri()}
+        dataset = Dataset(
+            self.name, self.digest, "http" if remote else "local", json.dumps(source),
+            profile=json.dumps({"num_chars": self.chars}),
+        )
+        return DatasetInput(dataset, [InputTag("mlflow.data.context", self.context)])
+
 class TrainingReporter(Reporter):
     """Records nothing: what training gets when tracking.enabled is false."""
 
@@ -141,6 +167,7 @@ def start_training_run(
     parent_run_id: Optional[str] = None,
     run_name: Optional[str] = None,
     stops: tuple[type[BaseException], ...] = (),
+    datasets: Sequence[DatasetInfo] = (),
 ) -> Iterator[TrainingReporter]:
     """One MLflow run around a training; yields the reporter to hand to src.train.train.
 
@@ -157,6 +184,7 @@ def start_training_run(
 
     `parent_run_id` makes the run a child (a tuning trial under its study's run), passed
     explicitly because MLflow's active run is per thread and trials may run in threads.
+    `datasets` become the new run's dataset inputs.
     """
     if not cfg.tracking.enabled:
         yield TrainingReporter()
@@ -174,6 +202,8 @@ def start_training_run(
             tags["mlflow.parentRunId"] = parent_run_id
         name = run_name or context.get("dvc_exp_name")
         run = _store_call(uri, lambda: client.create_run(experiment_id, tags=tags, run_name=name))
+        if datasets:
+            _store_call(uri, lambda: client.log_inputs(run.info.run_id, [d.as_input() for d in datasets]))
     reporter = MlflowReporter(client, run.info.run_id, experiment_id, cfg, logged_params=run.data.params)
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
@@ -320,6 +350,23 @@ def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[s
     connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
 
 
+def check_store(uri: str) -> None:
+    """Fail in one line unless the store answers a query: a server whose database is down still
+    answers /health. A SQLite file is only checked for its folder (a query would create it)."""
+    client = connect(uri)
+    if not uri.startswith("sqlite:"):
+        _store_call(uri, lambda: client.search_experiments(max_results=1))
+
+
+def end_failed_run(tracking_uri: Optional[str], run_id: Optional[str], reason: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+    """End a run another process left RUNNING (killed outright): FAILED, `failure_reason` set."""
+    if tracking_uri is None or run_id is None:
+        return
+    client = connect(tracking_uri)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in {**(tags or {}), "failure_reason": reason}.items()])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, after checking that an HTTP server answers at all.
 
@@ -349,7 +396,7 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return client.create_experiment(name, artifact_location=_artifact_location(uri))
+                return client.create_experiment(name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_KIND)
             except MlflowException as exc:  # another process created it meanwhile
                 if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
@@ -359,6 +406,9 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
                 f"experiment {name!r} is deleted in {uri}; restore it (`mlflow experiments restore "
                 f"--experiment-id {experiment.experiment_id}`) or set another tracking.experiment"
             )
+        for key, value in EXPERIMENT_KIND.items():  # an experiment made before the tag, or by hand
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     return _store_call(uri, get_or_create)

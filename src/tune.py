@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -33,6 +34,7 @@ from src import fileio, space as search, tracking
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
 from src.errors import KarnnaError
+from src.errors import redact_url as _redact
 from src.model import count_params
 from src.report import Reporter
 from src.train import TrainPaths, build_model, train
@@ -44,15 +46,26 @@ METRIC_NAME = "val loss (nats/char)"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def storage_for(url: Optional[str], default_journal: Path) -> optuna.storages.BaseStorage | str:
+def storage_for(
+    url: Optional[str],
+    default_journal: Path,
+    heartbeat: int = 60,
+    on_lost: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
+) -> optuna.storages.BaseStorage | str:
     """An Optuna storage: a URL as given (e.g. postgresql://...), or the journal file.
 
     The journal file (not SQLite) is the default because SQLite's locking breaks under several
-    writer processes, while the journal appends with a file lock."""
+    writer processes, while the journal appends with a file lock. In a database, each running
+    trial beats every `heartbeat` seconds; a trial silent for three beats (its worker was killed
+    or its machine lost) is marked FAIL by the next worker that starts a trial, which calls
+    `on_lost` for it."""
     if url:
         if url.startswith(("postgresql", "mysql", "sqlite")):
             try:
-                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                                      heartbeat_stale_trial_callback=on_lost)
             except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
                 raise KarnnaError(
                     f"cannot open the study storage {_redact(url)}: {str(exc).splitlines()[0][:200]}; "
@@ -72,14 +85,16 @@ def _journal(path: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _redact(url: str) -> str:
-    """Hide a password in a storage URL before printing it."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return url
+def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Ends the MLflow run of a trial whose worker stopped beating: FAILED, with the reason."""
+
+    def on_lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        worker = trial.user_attrs.get("worker", "its worker")
+        tracking.end_failed_run(tracking_uri, trial.user_attrs.get("mlflow_run_id"),
+                                f"worker lost: no heartbeat from {worker}", {"optuna.state": "FAIL"})
+        print(f"trial {trial.number}: marked failed, no heartbeat from {worker}", file=sys.stderr)
+
+    return on_lost
 
 
 def make_pruner(name: str, space: TuneConfig) -> optuna.pruners.BasePruner:
@@ -161,6 +176,8 @@ def objective_for(
             trial.set_user_attr("skipped", reason)
             raise optuna.TrialPruned(reason)
         chars_per_step = cfg.train.batch_size * cfg.train.seq_len
+        # Which machine and process ran it: the trail when a worker is lost.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         context = {"optuna_trial": trial.number, "optuna_study": trial.study.study_name}
         run_id, reporter = None, None
         try:
@@ -312,6 +329,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--study-name", help="default: tune.study_name")
     p.add_argument("--pruner", choices=["halving", "hyperband", "median", "none"], help="default: tune.pruner")
     p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="default: params.yaml")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a running trial's heartbeats in a database storage (default 60); "
+                        "a trial silent for three is marked failed")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -335,7 +355,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         uri = (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}") if base.tracking.enabled else None
         if uri:
             tracking.connect(uri)  # an unreachable tracking server fails here, before any trial
-        storage = storage_for(space.storage, ROOT / "tune" / "journal.log")
+        if args.heartbeat < 1:
+            raise KarnnaError(f"--heartbeat is {args.heartbeat}; use 1 second or more")
+        storage = storage_for(space.storage, ROOT / "tune" / "journal.log", args.heartbeat, lost_trial_callback(uri))
         n_trials = args.n_trials if args.n_trials is not None else (None if args.timeout else space.n_trials)
         study = run_study(base, space, study_data, storage, n_trials=n_trials, timeout=args.timeout,
                           n_jobs=n_jobs, tracking_uri=uri, progress=not args.no_progress)

@@ -4,6 +4,7 @@ keeps each training to a second or two."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -341,6 +342,27 @@ def test_unreachable_server_is_a_clear_error_before_training(tmp_path):
             pytest.fail("training started")
 
 
+def test_the_experiment_is_tagged_for_model_training_even_when_made_elsewhere(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client_for(uri).create_experiment("made-by-hand")
+    with tracking.start_training_run(tiny_config(tracking={"experiment": "made-by-hand"}), uri):
+        pass
+    tags = client_for(uri).get_experiment_by_name("made-by-hand").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dataset_inputs_name_a_url_source(store):
+    uri, _ = store
+    url = "https://www.gutenberg.org/cache/epub/1399/pg1399.txt"
+    info = tracking.DatasetInfo("pg1399-train", "0" * 32, url, "training", 123)
+    with tracking.start_training_run(tiny_config(), uri, datasets=[info]) as reporter:
+        pass
+    (given,) = client_for(uri).get_run(reporter.run_id).inputs.dataset_inputs
+    assert (given.dataset.name, given.dataset.digest, given.dataset.source_type) == ("pg1399-train", "0" * 32, "http")
+    assert json.loads(given.dataset.source) == {"url": url}
+    assert [(t.key, t.value) for t in given.tags] == [("mlflow.data.context", "training")]
+
+
 # --- the registered model ---------------------------------------------------------------------
 
 
@@ -449,8 +471,18 @@ def test_the_stages_log_one_run_into_the_repo_store(stage_repo, monkeypatch):
     client = client_for(f"sqlite:///{stage_repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     assert experiment.artifact_location == (stage_repo / "mlartifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "repro"  # no git here; in a checkout "<short commit> repro"
+    # The runs table's Dataset column: the split files under DVC's hash, the corpus as source.
+    inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"corpus-train", "corpus-val"}
+    for name, split in (("corpus-train", "train"), ("corpus-val", "val")):
+        data = (stage_repo / "data" / "split" / f"{split}.npy").read_bytes()
+        assert inputs[name].digest == hashlib.md5(data).hexdigest()
+        assert json.loads(inputs[name].source) == {"uri": Path(params["data"]["path"]).as_uri()}
+        assert json.loads(inputs[name].profile)["num_chars"] > 0
     assert len(run.data.params["data_hash"]) == 64
     assert {"best_val_loss", "eval_val_loss", "eval_val_bpc"} <= set(run.data.metrics)
     assert run.data.tags["sample"] == (stage_repo / "samples" / "sample.txt").read_text().rstrip("\n")[:500]
