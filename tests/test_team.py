@@ -270,7 +270,10 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
         frank = clone(team, "frank")
         run(frank, "dvc", "repro", "split")
         env = {**_env(), **GIT_USER, "MLFLOW_TRACKING_URI": server}
-        cmd = [sys.executable, "-m", "src.tune", "--storage", storage, "--heartbeat", "1", "--no-progress"]
+        # One trial per worker process (--n-jobs defaults to one per core): a worker killed between
+        # creating a trial and its MLflow run would leave a trial without a child run to compare.
+        cmd = [sys.executable, "-m", "src.tune", "--storage", storage, "--heartbeat", "1", "--no-progress",
+               "--n-jobs", "1"]
         # A study database that does not answer: one line, before any trial or MLflow run.
         client = MlflowClient(server)
 
