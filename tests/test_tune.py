@@ -226,6 +226,19 @@ def test_seed_recipe_and_defaults_come_first_once(tmp_path, base, study_data):
     assert len(study.trials) == 3 and sum(bool(t.user_attrs.get("enqueued")) for t in study.trials) == 2
 
 
+def test_the_table_marks_a_pruned_trials_value():
+    """Optuna gives a pruned trial its last report as value; the table says it is not a final score."""
+    study = optuna.create_study()
+    for state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        trial.set_user_attr("enqueued", "seed_recipe")
+        trial.report(2.5, 1)
+        study.tell(trial, 1.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    rows = tune.best_trials_table(study).splitlines()
+    assert "2.5000*" in next(r for r in rows if "pruned" in r)
+    assert "1.5000 " in next(r for r in rows if "complete" in r and "trials:" not in r)
+
+
 def test_pruners_on_a_synthetic_objective():
     """Each pruner stops trials whose intermediate values are worse, at the ladder's steps."""
 
