@@ -2,6 +2,7 @@
 trained at the pipeline's budget with two seeds, side by side.
 
     python -m benchmarks.tune_value [--minutes 25] [--seeds 1234 1235] [--journal tune/tune_value.log]
+    python -m benchmarks.tune_value --tuned '{"model.lstm_size": 512, ...}' --seeds 1234   # trainings only
 
 1. `src.tune.run_study` on the real split (data/split) with params.yaml's `tune` section as
    committed (the pipeline's budget, its ladder, successive halving, the seed recipe and the
@@ -113,16 +114,20 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235])
     p.add_argument("--journal", type=Path, default=ROOT / "tune" / "tune_value.log")
     p.add_argument("--out", type=Path, default=ROOT / "tune" / "tune_value.json")
-    p.add_argument("--max-steps", type=int, help="smoke run: train.max_steps for the study and the trainings")
+    p.add_argument("--max-steps", type=int, help="train.max_steps for the study and the trainings (default: params.yaml's)")
+    p.add_argument("--tuned", help='skip the study: train these -S values against the defaults, e.g. \'{"model.lstm_size": 512}\'')
     args = p.parse_args()
     if args.max_steps:
         os.environ[MAX_STEPS_ENV] = str(args.max_steps)  # the training processes read it too
     print(f"load average at start: {load_avg()}", flush=True)
     t0 = time.perf_counter()
-    study = run_search(args.minutes, args.journal)
-    found = summary(study, time.perf_counter() - t0)
-    print(tune.best_trials_table(study, top=15))
-    print(json.dumps(found, indent=1, default=str), f"\nload average after the study: {load_avg()}", flush=True)
+    if args.tuned:  # no study: train these overrides (a JSON object) against the defaults
+        found = {"best_overrides": json.loads(args.tuned)}
+    else:
+        study = run_search(args.minutes, args.journal)
+        found = summary(study, time.perf_counter() - t0)
+        print(tune.best_trials_table(study, top=15))
+        print(json.dumps(found, indent=1, default=str), f"\nload average after the study: {load_avg()}", flush=True)
 
     configs = {"tuned": found["best_overrides"], "defaults": {}}
     base = config_from_dict(read_params())
