@@ -1,9 +1,9 @@
 """What pruning saves, and how far the search gets past the seed recipe, at a fixed per-trial budget.
 
-    python -m benchmarks.tune_pruning [--trials 10] [--budget-chars 300000]
+    python -m benchmarks.tune_pruning [--trials 10] [--budget-chars 300000] [--pruner halving]
 
 Runs the same study twice on the real split (data/split, from `dvc repro split`): once with the
-median pruner, once without, same sampler seed, same space and budget. Compute is counted in
+pruner, once without, same sampler seed, same space, budget and ladder. Compute is counted in
 training characters (exact) and seconds (noisy on a shared machine). Tracking is off.
 """
 
@@ -31,7 +31,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--budget-chars", type=int, default=300_000)
-    p.add_argument("--evals", type=int, default=4)
+    p.add_argument("--rungs", type=int, default=3)
+    p.add_argument("--pruner", default="halving", choices=["halving", "hyperband", "median"])
     args = p.parse_args()
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["tracking"]["enabled"] = False
@@ -40,9 +41,9 @@ def main() -> None:
     data = tune.StudyData(Vocab.load(ROOT / "data/vocab.json"), fileio.read_npy(ROOT / "data/split/train.npy"),
                           fileio.read_npy(ROOT / "data/split/val.npy"))
     results = {}
-    for pruner in ("median", "none"):
+    for pruner in (args.pruner, "none"):
         space = section_from_dict(TuneConfig, {**raw["tune"], "study_name": f"bench-{pruner}", "pruner": pruner,
-                                               "budget_chars": args.budget_chars, "evals_per_trial": args.evals},
+                                               "budget_chars": args.budget_chars, "rungs": args.rungs},
                                   "tune")
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -50,28 +51,26 @@ def main() -> None:
                                    n_trials=args.trials, progress=False, log=lambda _: None)
             seconds = time.perf_counter() - t0
             trials = study.trials  # read while the journal file still exists
-        chars_per_step = base.train.batch_size * base.train.seq_len
-        steps = sum(t.user_attrs.get("steps_trained", 0) for t in trials)
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        seed = next(t for t in trials if t.user_attrs.get("seed_recipe"))
+        seed = next(t for t in trials if t.user_attrs.get("enqueued") == "seed_recipe")
         results[pruner] = {
-            "seconds": seconds, "chars": steps * chars_per_step,
+            "seconds": seconds, "chars": sum(t.user_attrs.get("chars_trained", 0) for t in trials),
             "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
             "best": min(t.value for t in complete), "best_params": min(complete, key=lambda t: t.value).params,
-            "seed": seed.value,
+            "seed": seed.value if seed.value is not None else float("nan"),
         }
         print(f"{pruner}: {results[pruner]}", flush=True)
 
-    m, n = results["median"], results["none"]
+    m, n = results[args.pruner], results["none"]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{args.trials} trials, {args.budget_chars:,} training characters each, {args.evals} evaluations per trial\n")
+    print(f"{args.trials} trials, {args.budget_chars:,} training characters each, {args.rungs} rungs\n")
     print("| study | pruned trials | characters trained | seconds | best val loss | seed recipe (trial 0) |")
     print("|---|---|---|---|---|---|")
-    for name, r in (("median pruner", m), ("no pruner", n)):
+    for name, r in ((f"{args.pruner} pruner", m), ("no pruner", n)):
         print(f"| {name} | {r['pruned']} | {r['chars']:,} | {r['seconds']:.0f} | {r['best']:.4f} | {r['seed']:.4f} |")
     print(f"\ncompute saved by pruning: {1 - m['chars'] / n['chars']:.0%} of training characters, "
           f"{1 - m['seconds'] / n['seconds']:.0%} of wall time")
-    print(f"best found vs seed recipe (median study): {m['best']:.4f} vs {m['seed']:.4f} nats "
+    print(f"best found vs seed recipe ({args.pruner} study): {m['best']:.4f} vs {m['seed']:.4f} nats "
           f"({m['seed'] - m['best']:+.4f}); best params {m['best_params']}")
 
 

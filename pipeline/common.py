@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
+from src import fileio
 from src.config import Config, config_from_dict
 from src.errors import KarnnaError
 
@@ -32,17 +31,7 @@ SAMPLES = ROOT / "samples"
 
 
 def load_params(path: Path = PARAMS) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KarnnaError(f"{path}: not found; run the stages from the repo root, where params.yaml lives") from None
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise KarnnaError(f"{path.name}: not valid YAML{where}: {problem}") from None
+    return fileio.read_params(path)
 
 
 def load_config(path: Path = PARAMS) -> Config:

@@ -10,9 +10,9 @@ This module never opens params.yaml itself: the entry points read the YAML and p
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 
 from src.errors import KarnnaError
 
@@ -152,47 +152,70 @@ class Config(Section):
         return {f"{section}.{key}": value for section, values in self.model_dump().items() for key, value in values.items()}
 
 
-def _low_below_high(pair: list) -> list:
-    if not pair[0] < pair[1]:
-        raise ValueError(f"{pair!r} is out of range")
-    return pair
+class Dimension(Section):
+    """One search dimension of `python -m src.tune`: `choices`, or a `low`..`high` range (both
+    ends included; on a log scale when `log`). Integers for an integer param give integer trials."""
+
+    choices: Optional[list[Union[StrictBool, StrictInt, StrictFloat, StrictStr]]] = Field(
+        None, min_length=1, **_expect("a non-empty list of values, e.g. [128, 256]")
+    )
+    low: Optional[Union[StrictInt, StrictFloat]] = None
+    high: Optional[Union[StrictInt, StrictFloat]] = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _choices_or_range(self):
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            _check(not ranged and not self.log, "choices", self.choices, "either choices or low/high (log), not both")
+            return self
+        _check(self.low is not None and self.high is not None, "low", self.low,
+               "choices: [...], or both low and high")
+        _check(self.low < self.high, "high", self.high, f"above low ({self.low:g}): the range is empty or inverted")
+        _check(not self.log or self.low > 0, "low", self.low, "above 0 on a log scale")
+        return self
 
 
-Choices = Annotated[list[PositiveInt], Field(min_length=1, **_expect("a non-empty list of positive integers"))]
+def _dim(**kw) -> Dimension:
+    return Dimension(**kw)
 
 
 class TuneConfig(Section):
     """The search of `python -m src.tune`; the rest of params.yaml is the fixed base.
 
-    Each dimension is named by the params.yaml key it sets (lstm_size sets model.lstm_size).
+    `space` is the table of search dimensions, each named by the params.yaml key it sets
+    (model.lstm_size); adding a dimension is one entry (src/space.py reads it).
     """
 
     study_name: str = Field("karnna", min_length=1, **_expect("a non-empty study name"))
     # None: an Optuna journal file tune/journal.log, safe for several processes on one machine.
     storage: Optional[str] = None
     n_trials: PositiveInt = 20
-    # Every trial trains on this many characters (so seq_len in the space does not change it).
-    budget_chars: PositiveInt = 1_000_000
-    evals_per_trial: PositiveInt = 5
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    lstm_size: Choices = [128, 256, 384, 512]
-    num_layers: Choices = [2, 3]
-    # [low, high): sampled uniformly.
-    dropout: Annotated[
-        list[Annotated[float, Field(ge=0.0, lt=1.0)]],
-        Field(min_length=2, max_length=2, **_expect("[low, high] with 0 <= low < high < 1")),
-        AfterValidator(_low_below_high),
-    ] = [0.0, 0.8]
-    # [low, high], log scale; None: train.lr from the base.
-    lr: Optional[
-        Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=2, max_length=2), AfterValidator(_low_below_high)]
-    ] = Field(None, **_expect("[low, high] with 0 < low < high, e.g. [1.0e-3, 1.0e-2]"))
-    # Choices; None: train.seq_len from the base.
-    seq_len: Optional[Choices] = Field(None, **_expect("a non-empty list of positive integers, or null"))
+    # Training characters of a trial that runs to the end. None: the pipeline's own budget,
+    # train.max_steps x batch_size x seq_len, so the best trial's score is what `dvc repro` gets.
+    budget_chars: Optional[int] = Field(None, ge=1, **_expect("a positive integer or null (the pipeline's budget)"))
+    # Validations on a geometric ladder: budget / reduction_factor^(rungs-1), ..., budget / 3, budget.
+    rungs: PositiveInt = 3
+    reduction_factor: int = Field(3, ge=2, **_expect("an integer of at least 2"))
+    # Validations before the last score the first eval_chars characters of the validation split
+    # (the same for every trial); the last one scores the whole split. None: always the whole split.
+    eval_chars: Optional[int] = Field(50_000, ge=2, **_expect("at least 2 characters, or null (the whole split)"))
+    # halving: successive halving on the ladder (the best 1/reduction_factor go on).
+    pruner: Literal["halving", "hyperband", "median", "none"] = "halving"
+    space: dict[str, Dimension] = Field(
+        default_factory=lambda: {
+            "model.lstm_size": _dim(choices=[128, 256, 384, 512]),
+            "model.num_layers": _dim(choices=[1, 2, 3]),
+            "model.dropout": _dim(low=0.0, high=0.6),
+            "train.lr": _dim(low=1.0e-3, high=1.0e-2, log=True),
+            "model.cell": _dim(choices=["lstm", "gru", "rnn"]),
+        }
+    )
     # Skip configurations with more parameters per training character (Karpathy: they overfit).
     max_params_per_char: Optional[float] = Field(None, gt=0.0, **_expect("a positive number or null"))
-    # Start the study with the seed notebook's configuration, to show how far the search got past it.
-    enqueue_seed: bool = True
+    # First trials: the seed notebook's recipe and params.yaml's own values, each restricted to
+    # the dimensions searched, so the table shows whether the search beat them.
+    enqueue: list[Literal["seed_recipe", "defaults"]] = ["seed_recipe", "defaults"]
     seed: int = 1234
 
 
@@ -237,7 +260,18 @@ def _validate(cls: type[Section], raw: Any, source: str, prefix: str = "") -> An
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        raise KarnnaError(_one_line(cls, exc.errors()[0], source, prefix)) from None
+        raise KarnnaError(_one_line(cls, _first_error(exc.errors()), source, prefix)) from None
+
+
+def _first_error(errors: list[dict]) -> dict:
+    """The first error; for a value no member of a Union accepts (one error per member, its type
+    last in `loc`), the number's error (the broadest message) at the field's own place."""
+    first = errors[0]
+    if first["loc"] and first["loc"][-1] in ("bool", "int", "float", "str"):
+        members = [e for e in errors if e["loc"][:-1] == first["loc"][:-1]]
+        first = next((e for e in members if e["loc"][-1] == "float"), first)
+        first = {**first, "loc": first["loc"][:-1]}
+    return first
 
 
 def _one_line(cls: type[Section], error: dict, source: str, prefix: str) -> str:
@@ -257,7 +291,7 @@ def _one_line(cls: type[Section], error: dict, source: str, prefix: str) -> str:
     else:
         what = _what(kind, value, error, _expected(cls, loc))
     key = ".".join(([prefix] if prefix else []) + [p for p in loc if not p.isdigit()])
-    key += "".join(f"[{p}]" for p in loc if p.isdigit())  # list items: tune.lstm_size[0]
+    key += "".join(f"[{p}]" for p in loc if p.isdigit())  # list items: tune.enqueue[0]
     return f"{source}: {key}: {what}" if source else f"{key}: {what}"
 
 
@@ -285,9 +319,15 @@ def _what(kind: str, value: Any, error: dict, expected: Optional[str]) -> str:
 
 def _owner(cls: type[Section], loc: list[str]) -> type[Section]:
     """The section class at `loc` (a path of field names) below `cls`."""
+    keyed = False  # the previous name was a dict[str, Section] field: this name is one of its keys
     for name in loc:
+        if keyed:
+            keyed = False
+            continue
         field = cls.model_fields.get(name)
         annotation = getattr(field, "annotation", None)
+        if get_origin(annotation) is dict:  # e.g. tune.space: {key: Dimension}
+            annotation, keyed = get_args(annotation)[1], True
         if not (isinstance(annotation, type) and issubclass(annotation, Section)):
             break
         cls = annotation

@@ -13,6 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
+import yaml
+
+from src.errors import KarnnaError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -75,3 +79,18 @@ def remove_stale_temps(folder: PathLike) -> None:
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+def read_params(path: Path) -> dict:
+    """params.yaml as a dict; a missing file or bad YAML is one line naming the file and the place."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KarnnaError(f"{path}: not found; run the stages from the repo root, where params.yaml lives") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise KarnnaError(f"{Path(path).name}: not valid YAML{where}: {problem}") from None

@@ -76,10 +76,19 @@ def test_flat_names_are_the_params_yaml_paths():
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ({"dropout": [0.5, 0.2]}, r"tune\.dropout: \[0\.5, 0\.2\] is out of range; expected \[low, high\]"),
-        ({"lstm_size": [128, 0]}, r"tune\.lstm_size\[1\]: 0 is out of range; expected a non-empty list of positive"),
-        ({"lr": ["1e-3", 1.0e-2]}, r"tune\.lr\[0\]: expected a number, got string '1e-3'.*write 1\.0e-3"),
-        ({"pruner": "random"}, r"tune\.pruner: 'random' is not one of 'median' \| 'hyperband' \| 'none'"),
+        ({"space": {"model.dropout": {"low": 0.5, "high": 0.2}}},
+         r"tune\.space\.model\.dropout\.high: 0\.2 is out of range; expected above low \(0\.5\): the range is empty or inverted"),
+        ({"space": {"model.dropout": {"low": 0.3, "high": 0.3}}}, r"tune\.space\.model\.dropout\.high: .*empty or inverted"),
+        ({"space": {"model.dropout": {"low": 0.3}}}, r"tune\.space\.model\.dropout\.low: .*both low and high"),
+        ({"space": {"model.lstm_size": {"choices": []}}}, r"tune\.space\.model\.lstm_size\.choices: \[\] .*non-empty list"),
+        ({"space": {"train.lr": {"low": "1e-3", "high": 1.0e-2}}},
+         r"tune\.space\.train\.lr\.low: expected a number, got string '1e-3'.*write 1\.0e-3"),
+        ({"space": {"train.lr": {"low": 0.0, "high": 1.0e-2, "log": True}}}, r"tune\.space\.train\.lr\.low: .*above 0 on a log"),
+        ({"space": {"model.dropout": {"lo": 0.1}}}, r"tune\.space\.model\.dropout\.lo: unknown key .*choices, low, high, log"),
+        ({"pruner": "random"}, r"tune\.pruner: 'random' is not one of 'halving' \| 'hyperband' \| 'median' \| 'none'"),
+        ({"budget_chars": 0}, r"tune\.budget_chars: 0 is out of range; expected a positive integer or null"),
+        ({"eval_chars": 1}, r"tune\.eval_chars: 1 is out of range"),
+        ({"reduction_factor": 1}, r"tune\.reduction_factor: 1 is out of range; expected an integer of at least 2"),
         ({"n_trial": 3}, r"tune\.n_trial: unknown key \(did you mean 'n_trials'\?\)"),
     ],
 )

@@ -71,8 +71,9 @@ def team(tmp_path_factory) -> Path:
         train={"max_steps": 30, "eval_interval": 15, "batch_size": 8, "seq_len": 32, "num_threads": 1},
         sample={"length": 60, "prime": "The"},
         tracking={"enabled": True, "experiment": EXPERIMENT, "model_name": MODEL, "log_every": 5},
-        tune={"study_name": "team", "budget_chars": 12_000, "evals_per_trial": 2, "lstm_size": [8, 16],
-              "num_layers": [1], "enqueue_seed": False, "pruner": "none"},
+        tune={"study_name": "team", "budget_chars": 12_000, "rungs": 2, "eval_chars": 2_000, "enqueue": [],
+              "pruner": "none", "space": {"model.lstm_size": {"choices": [8, 16]}, "model.num_layers": {"choices": [1]},
+                                          "model.dropout": {"low": 0.0, "high": 0.5}}},
     )
     for section, values in tiny.items():
         params[section].update(values)
@@ -269,7 +270,10 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
         frank = clone(team, "frank")
         run(frank, "dvc", "repro", "split")
         env = {**_env(), **GIT_USER, "MLFLOW_TRACKING_URI": server}
-        cmd = [sys.executable, "-m", "src.tune", "--storage", storage, "--heartbeat", "1", "--no-progress"]
+        # One trial per worker process (--n-jobs defaults to one per core): a worker killed between
+        # creating a trial and its MLflow run would leave a trial without a child run to compare.
+        cmd = [sys.executable, "-m", "src.tune", "--storage", storage, "--heartbeat", "1", "--no-progress",
+               "--n-jobs", "1"]
         # A study database that does not answer: one line, before any trial or MLflow run.
         client = MlflowClient(server)
 

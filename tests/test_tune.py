@@ -10,14 +10,20 @@ import numpy as np
 import optuna
 import pytest
 
-from src import tune
-from src.config import TuneConfig, config_from_dict, section_from_dict
+from src.config import config_from_dict, section_from_dict, TuneConfig, with_overrides
+from src import space as search, tune
+from src.errors import KarnnaError
+from src.report import Reporter
 from tests.conftest import _env, tiny_params
 
 
+SMALL = {"model.lstm_size": {"choices": [8, 16]}, "model.num_layers": {"choices": [1, 2]},
+         "model.dropout": {"low": 0.0, "high": 0.5}}
+
+
 def _space(**kw) -> TuneConfig:
-    base = {"study_name": "t", "n_trials": 3, "budget_chars": 2000, "evals_per_trial": 2,
-            "lstm_size": [8, 16], "num_layers": [1, 2], "dropout": [0.0, 0.5], "enqueue_seed": False}
+    base = {"study_name": "t", "n_trials": 3, "budget_chars": 2000, "rungs": 2, "eval_chars": 60, "pruner": "none",
+            "space": SMALL, "enqueue": []}
     base.update(kw)
     return section_from_dict(TuneConfig, base, "tune")
 
@@ -51,68 +57,246 @@ def test_three_trial_study(tmp_path, base, study_data):
     assert "complete" in tune.best_trials_table(study)
 
 
-def test_trial_budget_is_in_characters(base):
-    space = _space(budget_chars=6400, evals_per_trial=4)
-    a = tune.trial_config(base, space, {"train.seq_len": 16})
-    b = tune.trial_config(base, space, {"train.seq_len": 32})
-    assert a.train.max_steps * 16 == b.train.max_steps * 32 == 6400 // base.train.batch_size
-    assert a.train.eval_interval * 4 >= a.train.max_steps
+def test_trial_budget_is_in_characters_and_defaults_to_the_pipelines(base):
+    space = _space(budget_chars=6400, rungs=3)
+    a = search.trial_steps(with_overrides(base, {"train.seq_len": 16}), 6400)
+    b = search.trial_steps(with_overrides(base, {"train.seq_len": 32}), 6400)
+    assert a * 16 == b * 32 == 6400 // base.train.batch_size
+    # null: the pipeline's own budget, so a finished trial trains exactly as `dvc repro` does
+    t = base.train
+    assert search.budget_chars(_space(budget_chars=None), base) == t.max_steps * t.batch_size * t.seq_len
+    assert search.trial_steps(base, search.budget_chars(_space(budget_chars=None), base)) == t.max_steps
+    assert search.budget_chars(space, base) == 6400
 
 
-def test_seed_recipe_is_the_first_trial_once(tmp_path, base, study_data):
-    space = _space(lstm_size=[8, 512], num_layers=[2], dropout=[0.0, 0.8], enqueue_seed=True, budget_chars=200)
-    storage = tune.storage_for(None, tmp_path / "journal.log")
-    study = _run(base, space, study_data, storage, n_trials=1)
+def test_the_ladder_is_geometric_and_ends_at_the_budget():
+    assert search.ladder(900, 3, 3) == {100: 1, 300: 3, 900: 9}
+    assert search.ladder(4000, 3, 3) == {444: 1, 1333: 3, 4000: 9}
+    assert search.ladder(1000, 4, 2) == {125: 1, 250: 2, 500: 4, 1000: 8}
+    assert search.ladder(2, 3, 3) == {1: 3, 2: 9}  # rungs that round together collapse upwards
+
+
+def test_one_table_drives_suggest_validation_and_the_enqueued_trials(tmp_path, base, study_data):
+    """Adding a dimension is one entry: it is drawn, checked against the schema and enqueued."""
+    table = {**SMALL, "model.lstm_size": {"choices": [8, 32]}, "train.seq_len": {"choices": [8, 16]},
+             "train.lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}
+    space = _space(space=table, enqueue=["defaults", "seed_recipe"], n_trials=3)
+    logs = []
+    labels = search.enqueued(space, base, logs.append)
+    # the seed recipe's 2x512 lies outside [8, 32]: said, not silently half-enqueued
+    assert [label for label, _ in labels] == ["defaults"] and "seed recipe" in logs[0] and "512" in logs[0]
+    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=3)
+    for t in study.trials:
+        assert set(t.params) == set(table)
+        assert isinstance(t.params["train.seq_len"], int) and 1.0e-3 <= t.params["train.lr"] <= 3.0e-2
     first = study.trials[0]
-    assert first.params["model.lstm_size"] == 512 and first.params["model.dropout"] == 0.5
-    assert first.user_attrs.get("seed_recipe")
-    # Resume: the same command adds trials and keeps the old ones; the seed is not enqueued again.
+    assert first.user_attrs["enqueued"] == "defaults"
+    assert first.params == {k: base.flat()[k] for k in table}
+    dists = search.distributions(space, base)
+    assert dists["train.lr"].log and isinstance(dists["model.dropout"], optuna.distributions.FloatDistribution)
+
+
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        ({"model.dropout": {"low": 0.2, "high": 1.0}}, r"tune\.space\.model\.dropout: 1\.0 is not a valid model\.dropout"),
+        ({"model.lstm_size": {"choices": [128, 0]}}, r"tune\.space\.model\.lstm_size: 0 is not a valid"),
+        ({"model.lstm_size": {"low": 64.5, "high": 512}}, r"model\.lstm_size is an integer"),
+        ({"model.width": {"choices": [1]}}, r"tune\.space\.model\.width: not a params\.yaml key"),
+        ({"train.max_steps": {"choices": [10, 20]}}, r"tune\.space\.train\.max_steps: set by every trial"),
+        ({}, r"tune\.space is empty"),
+    ],
+)
+def test_a_bad_table_entry_is_one_line(base, table, expected):
+    with pytest.raises(KarnnaError, match=expected) as info:
+        search.check_space(_space(space=table), base)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({"budget_chars": 50}, r"tune\.budget_chars: 50 characters is smaller than one batch \(train\.batch_size 4 x train\.seq_len 16"),
+        ({"budget_chars": 100, "space": {**SMALL, "train.seq_len": {"choices": [8, 32]}}},
+         r"smaller than one batch \(train\.batch_size 4 x train\.seq_len 32"),
+        ({"eval_chars": 10**6}, r"tune\.eval_chars: 1,000,000 is longer than the validation split \(\d+ characters\)"),
+    ],
+)
+def test_bad_budgets_stop_before_any_trial(tmp_path, base, study_data, kw, expected):
+    storage = tune.storage_for(None, tmp_path / "j.log")
+    with pytest.raises(KarnnaError, match=expected) as info:
+        _run(base, _space(**kw), study_data, storage, n_trials=1)
+    assert "\n" not in str(info.value)
+    assert optuna.get_all_study_names(storage) == []  # nothing half-made: no study was created
+
+
+def test_intermediate_validations_score_a_prefix_and_the_last_the_whole_split(tmp_path, base, study_data):
+    from src.train import TrainPaths, train
+
+    cfg = with_overrides(base, {"train.max_steps": 30, "model.dropout": 0.3})
+    runs = {}
+    for prefix in (None, 60):
+        logged = []
+
+        class Spy(Reporter):
+            def log_metrics(self, metrics, step):
+                if "val_chars_scored" in metrics:
+                    logged.append((step, dict(metrics)))
+
+        runs[prefix] = (train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids,
+                              TrainPaths(tmp_path / f"b{prefix}.pt", tmp_path / f"l{prefix}.pt"), reporter=Spy(),
+                              progress=False, log=lambda _: None, eval_steps={10, 20}, eval_chars=prefix), logged)
+    (whole, _), (part, logged) = runs[None], runs[60]
+    assert [s for s, _ in part.val_history] == [10, 20, 30] == [s for s, _ in whole.val_history]
+    # the last validation is the whole split, and scoring a prefix did not change the training
+    assert part.val_history[-1] == whole.val_history[-1] and part.final_train_loss == whole.final_train_loss
+    assert part.val_history[0][1] != whole.val_history[0][1]
+    assert [m["val_chars_scored"] for _, m in logged] == [60, 60, len(study_data.val_ids)]
+    # a prefix score never becomes the best checkpoint's score
+    assert part.best_val_loss == part.val_history[-1][1] and part.best_step == 30
+
+
+def test_a_prefix_score_never_becomes_the_best_checkpoint(tmp_path, base, study_data, monkeypatch):
+    """Even when the prefix scores lower than the whole split (made sure of here by shifting
+    whole-split scores up), the best checkpoint and best_val_loss are the whole split's."""
+    import src.train as train_module
+    from src import checkpoint
+    from src.train import TrainPaths, train
+
+    real = train_module.evaluate.stream_loss
+    whole = len(study_data.val_ids)
+    monkeypatch.setattr(train_module.evaluate, "stream_loss",
+                        lambda model, ids, *a: real(model, ids, *a) + (10.0 if len(ids) == whole else 0.0))
+    cfg = with_overrides(base, {"train.max_steps": 20})
+    paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
+    result = train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids, paths, progress=False,
+                   log=lambda _: None, eval_steps={10}, eval_chars=60)
+    assert result.val_history[0][1] < 10 < result.val_history[1][1] == result.best_val_loss
+    assert result.best_step == 20 and checkpoint.load_payload(paths.best)["step"] == 20
+
+
+def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, base, study_data):
+    """Real trainings with the default pruner: a trial stops at a rung unless it is among the best
+    1/reduction_factor there, and every finished trial trained the whole budget."""
+    space = _space(space={"model.lstm_size": {"choices": [2, 4, 48]}, "model.num_layers": {"choices": [1]},
+                          "model.dropout": {"low": 0.0, "high": 0.6}},
+                   budget_chars=5760, rungs=3, reduction_factor=3, pruner="halving", n_trials=9)
+    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=9)
+    steps = search.trial_steps(base, 5760)
+    rungs = search.ladder(steps, 3, 3)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned and complete
+    for t in complete:
+        assert t.user_attrs["steps_trained"] == steps and t.user_attrs["chars_trained"] == steps * 64
+        assert sorted(t.intermediate_values) == [1, 3, 9] and t.value == t.intermediate_values[9]
+    for t in pruned:
+        assert t.user_attrs["steps_trained"] in list(rungs)[:-1] and max(t.intermediate_values) < 9
+        # it was not among the best third of the trials that reached its rung before it
+        rung = max(t.intermediate_values)
+        value = t.intermediate_values[rung]
+        competing = sorted([value] + [o.intermediate_values[rung] for o in study.trials
+                                      if o.number < t.number and rung in o.intermediate_values])
+        assert value > competing[max(0, len(competing) // 3 - 1)]
+    assert study.metric_names == [tune.METRIC_NAME]
+
+
+def test_workers_split_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert tune.default_jobs("cpu") == 8 and tune.default_jobs("cuda") == 1
+    assert tune.threads_per_trial(0, 1) == 0  # torch's default, every core
+    assert tune.threads_per_trial(0, 2) == 4 and tune.threads_per_trial(0, 16) == 1
+    assert tune.threads_per_trial(3, 2) == 3  # train.num_threads wins
+
+
+def test_seed_recipe_and_defaults_come_first_once(tmp_path, base, study_data):
+    table = {"model.lstm_size": {"choices": [32, 512]}, "model.num_layers": {"choices": [2]},
+             "model.dropout": {"low": 0.0, "high": 0.8}}
+    space = _space(space=table, enqueue=["seed_recipe", "defaults"], budget_chars=200)
+    storage = tune.storage_for(None, tmp_path / "journal.log")
     study = _run(base, space, study_data, storage, n_trials=2)
-    assert len(study.trials) == 3
-    assert sum(bool(t.user_attrs.get("seed_recipe")) for t in study.trials) == 1
+    seed, defaults = study.trials[:2]
+    assert seed.params == {"model.lstm_size": 512, "model.num_layers": 2, "model.dropout": 0.5}
+    assert seed.user_attrs["enqueued"] == "seed_recipe"
+    assert defaults.params == {"model.lstm_size": 32, "model.num_layers": 2, "model.dropout": 0.0}  # tiny base's
+    assert "(seed recipe)" in tune.best_trials_table(study) and "(defaults)" in tune.best_trials_table(study)
+    # Resume: the same command adds trials and keeps the old ones; nothing is enqueued again.
+    study = _run(base, space, study_data, storage, n_trials=1)
+    assert len(study.trials) == 3 and sum(bool(t.user_attrs.get("enqueued")) for t in study.trials) == 2
 
 
-def test_pruning_on_a_synthetic_objective(tmp_path):
-    """Median pruning stops trials whose intermediate values are worse than the median."""
-    study = optuna.create_study(pruner=tune.make_pruner("median", 10), sampler=optuna.samplers.RandomSampler(seed=0))
+def test_the_table_marks_a_pruned_trials_value():
+    """Optuna gives a pruned trial its last report as value; the table says it is not a final score."""
+    study = optuna.create_study()
+    for state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        trial.set_user_attr("enqueued", "seed_recipe")
+        trial.report(2.5, 1)
+        study.tell(trial, 1.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    rows = tune.best_trials_table(study).splitlines()
+    assert "2.5000*" in next(r for r in rows if "pruned" in r)
+    assert "1.5000 " in next(r for r in rows if "complete" in r and "trials:" not in r)
+
+
+def test_pruners_on_a_synthetic_objective():
+    """Each pruner stops trials whose intermediate values are worse, at the ladder's steps."""
 
     def objective(trial):
         level = trial.suggest_float("x", 0.0, 1.0)
-        for step in range(10):
-            trial.report(level + 1.0 / (step + 1), step)
-            if trial.should_prune():
+        for step in (1, 3, 9):
+            trial.report(level + 1.0 / step, step)
+            if step < 9 and trial.should_prune():
                 raise optuna.TrialPruned()
         return level
 
-    study.optimize(objective, n_trials=30)
-    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert pruned and all(len(t.intermediate_values) < 10 for t in pruned)
-    hb = optuna.create_study(pruner=tune.make_pruner("hyperband", 10), sampler=optuna.samplers.RandomSampler(seed=0))
-    hb.optimize(objective, n_trials=30)
-    assert any(t.state == optuna.trial.TrialState.PRUNED for t in hb.trials)
+    for name in ("halving", "hyperband", "median"):
+        study = optuna.create_study(pruner=tune.make_pruner(name, _space(rungs=3)),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(objective, n_trials=30)
+        pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+        assert pruned and all(max(t.intermediate_values) < 9 for t in pruned), name
 
 
 def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_data):
     from src.train import TrainPaths, train
 
-    space = _space(lstm_size=[8], num_layers=[1], evals_per_trial=4, budget_chars=4000)
+    space = _space(space={"model.lstm_size": {"choices": [8]}, "model.num_layers": {"choices": [1]},
+                          "model.dropout": {"low": 0.0, "high": 0.5}}, rungs=3, budget_chars=4000)
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))  # any real loss is above
-    trial = study.ask({"model.lstm_size": optuna.distributions.CategoricalDistribution([8]),
-                       "model.num_layers": optuna.distributions.CategoricalDistribution([1]),
-                       "model.dropout": optuna.distributions.FloatDistribution(0.0, 0.5)})
-    cfg = tune.trial_config(base, space, tune.suggest(trial, space))
+    trial = study.ask(search.distributions(space, base))
+    params = search.suggest(trial, space, base)
+    steps = search.trial_steps(base, 4000)
+    rungs = search.ladder(steps, 3, 3)
+    pruning = tune.PruneOnEval(trial, rungs)
     with pytest.raises(optuna.TrialPruned, match="pruned at step"):
-        train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids,
-              TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"), progress=False, log=lambda _: None,
-              on_eval=[tune.PruneOnEval(trial)])
+        train(search.trial_config(base, params, steps), study_data.vocab, study_data.train_ids, study_data.val_ids,
+              TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"), progress=False,
+              log=lambda _: None, on_eval=[pruning], eval_steps=rungs)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     (frozen,) = study.trials
-    assert frozen.state == optuna.trial.TrialState.PRUNED and len(frozen.intermediate_values) == 1
-    assert cfg.train.max_steps > cfg.train.eval_interval  # it stopped before its budget
+    assert frozen.state == optuna.trial.TrialState.PRUNED and frozen.intermediate_values.keys() == {1}
+    assert pruning.last_step == min(rungs) < steps  # it stopped at the first rung
+
+
+def test_the_last_validation_is_never_pruned(tmp_path, base, study_data):
+    """The top rung is the trial's value: even a pruner that would stop everything lets it finish."""
+    from src.train import TrainPaths, train
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    space = _space()
+    trial = study.ask(search.distributions(space, base))
+    steps = search.trial_steps(base, 2000)
+    rungs = search.ladder(steps, 1, 3)
+    result = train(search.trial_config(base, search.suggest(trial, space, base), steps), study_data.vocab,
+                   study_data.train_ids, study_data.val_ids, TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"),
+                   on_eval=[tune.PruneOnEval(trial, rungs)], progress=False, log=lambda _: None,
+                   eval_steps=rungs)
+    assert result.steps == steps and rungs == {steps: 1}
 
 
 def test_param_cap_skips_oversized_models(tmp_path, base, study_data):
-    space = _space(lstm_size=[64], num_layers=[2], max_params_per_char=0.01)
+    space = _space(space={**SMALL, "model.lstm_size": {"choices": [64]}, "model.num_layers": {"choices": [2]}},
+                   max_params_per_char=0.01)
     study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=1)
     (t,) = study.trials
     assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["skipped"].startswith("skipped:")
@@ -146,16 +330,43 @@ def test_storage_errors_are_clear(tmp_path):
         tune.storage_for("postgresql://u:secret@127.0.0.1:1/db", tmp_path / "j.log")
 
 
-def _tiny_repo_for_tune(stage_repo, storage: str):
+def _tiny_repo_for_tune(stage_repo, storage: str, **tune_keys):
     import yaml
 
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
-    params["tune"].update({"study_name": "w", "budget_chars": 3000, "evals_per_trial": 2, "lstm_size": [8, 16],
-                           "num_layers": [1, 2], "enqueue_seed": False, "storage": storage})
+    params["tune"].update({"study_name": "w", "budget_chars": 3000, "rungs": 2, "eval_chars": 2000,
+                           "space": SMALL, "enqueue": [], "storage": storage, **tune_keys})
     (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("corpus", "encode", "split"):
         subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=_env(), check=True,
                        capture_output=True)
+
+
+@pytest.mark.slow
+def test_the_printed_command_reproduces_the_best_trials_score(stage_repo):
+    """The budget defaults to the pipeline's: the train stage, given the printed `-S` overrides,
+    trains as the best trial did and ends on the same validation loss."""
+    import yaml
+
+    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), budget_chars=None,
+                        space={**SMALL, "train.lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}})
+    proc = subprocess.run([sys.executable, "-m", "src.tune", "--n-trials", "3", "--no-progress"], cwd=stage_repo,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    best = yaml.safe_load((stage_repo / "tune" / "best_params.yaml").read_text())
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    pairs = best["command"].removeprefix("dvc exp run ").split(" ")
+    assert pairs[::2] == ["-S"] * (len(pairs) // 2) and "train.max_steps" not in best["command"]
+    for pair in pairs[1::2]:  # as `dvc exp run -S key=value` applies them: the value is YAML
+        key, value = pair.split("=", 1)
+        section, name = key.split(".")
+        params[section][name] = yaml.safe_load(value)
+    (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=stage_repo, env=_env(), check=True,
+                   capture_output=True)
+    last_step, last_val = (stage_repo / "plots" / "val_loss.csv").read_text().splitlines()[-1].split(",")
+    assert int(last_step) == params["train"]["max_steps"] == best["chars_trained"] // (8 * 32)
+    assert float(last_val) == pytest.approx(best["val_loss"], abs=1e-5)
 
 
 @pytest.mark.slow
@@ -224,19 +435,20 @@ def test_mlflow_parent_and_child_runs(tmp_path, study_data):
     assert study.user_attrs[tracking.STUDY_RUN_ATTR] == parent_id
 
 
-def test_the_pruner_stops_trials_of_a_real_study(tmp_path, base, study_data):
-    """Real trainings, the median pruner as `python -m src.tune` makes it: after its 3 startup
-    trials, trials worse than the median at an evaluation stop there."""
-    space = _space(lstm_size=[2, 48], num_layers=[1], dropout=[0.0, 0.6], evals_per_trial=4, budget_chars=4000,
-                   n_trials=10)
+def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_data):
+    """Real trainings, the median pruner: after its 3 startup trials, trials worse than the median
+    at a rung stop there."""
+    space = _space(space={"model.lstm_size": {"choices": [2, 48]}, "model.num_layers": {"choices": [1]},
+                          "model.dropout": {"low": 0.0, "high": 0.6}},
+                   rungs=3, budget_chars=4000, n_trials=10, pruner="median")
     study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=10)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert pruned and len(complete) >= 3
-    budget_steps = tune.trial_config(base, space, {}).train.max_steps
+    budget_steps = search.trial_steps(base, 4000)
     for t in pruned:
-        assert len(t.intermediate_values) < space.evals_per_trial
+        assert max(t.intermediate_values) < 9
         assert t.user_attrs["steps_trained"] < budget_steps
-        # it was worse than the median of the completed trials at that evaluation
+        # it was worse than the median of the completed trials at that rung
         step, value = max(t.intermediate_values.items())
         assert value > np.median([c.intermediate_values[step] for c in complete if c.number < t.number])
