@@ -23,14 +23,15 @@ repro: setup
 
 # Before training in a team: the DVC remote, the tracking store (and tune.storage) answer.
 preflight: setup
-	$(RUN) $(BIN)/python -m src.preflight
+	$(RUN) $(BIN)/python -m pipeline.preflight
 
 test: setup lint
 	$(RUN) $(BIN)/python -m pytest
 
-# ruff's lint rules (pyproject.toml, [tool.ruff]); the format check joins once the tree is formatted.
+# ruff's lint rules and its formatter (pyproject.toml, [tool.ruff]): CI fails on either.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup
 	$(RUN) $(BIN)/python -m pytest -m "not slow"

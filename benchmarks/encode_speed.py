@@ -40,8 +40,10 @@ def dvc_noop_seconds() -> Optional[float]:
     dvc = Path(sys.executable).with_name("dvc")
     status = subprocess.run([str(dvc), "status"], cwd=REPO, capture_output=True, text=True)
     if status.returncode != 0 or "up to date" not in status.stdout:
-        print("dvc: not timed: `dvc status` does not say the pipeline is up to date (a repro would run "
-              "stages); run `dvc repro` once, then this again")
+        print(
+            "dvc: not timed: `dvc status` does not say the pipeline is up to date (a repro would run "
+            "stages); run `dvc repro` once, then this again"
+        )
         return None
     start = time.perf_counter()
     run = subprocess.run([str(dvc), "repro"], cwd=REPO, capture_output=True, text=True)
@@ -70,10 +72,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     seed = median(times["seed"])
     rows = [
         ["reference: set + dict lookup per character", f"{seed:.3f}", "1.0x", "-"],
-        ["project: build_vocab + encode", f"{median(times['project']):.3f}", f"{seed / median(times['project']):.1f}x",
-         "met" if median(times["project"]) < 0.5 else "not met"],
-        ["project: read + decode + newlines + vocabulary + ids", f"{median(times['stage']):.3f}",
-         f"{seed / median(times['stage']):.1f}x", "met" if median(times["stage"]) < 0.5 else "not met"],
+        [
+            "project: build_vocab + encode",
+            f"{median(times['project']):.3f}",
+            f"{seed / median(times['project']):.1f}x",
+            "met" if median(times["project"]) < 0.5 else "not met",
+        ],
+        [
+            "project: read + decode + newlines + vocabulary + ids",
+            f"{median(times['stage']):.3f}",
+            f"{seed / median(times['stage']):.1f}x",
+            "met" if median(times["stage"]) < 0.5 else "not met",
+        ],
     ]
     print(f"\nthe novel: {len(text):,} characters, {len(np.unique(ours))} distinct; medians of {args.repeats}")
     print(table(["encoding", "seconds", "speed-up over the reference", "goal < 0.5 s"], rows))

@@ -85,9 +85,15 @@ def check_same_batch(train_ids: np.ndarray, vocab_size: int, device: torch.devic
     rel = abs(losses[device] - losses[CPU]) / losses[CPU]
     cos = F.cosine_similarity(grads[device], grads[CPU], dim=0).item()
     tol_loss, tol_cos = TOLERANCE[precision]
-    return {"what": f"training loss + gradients, {precision}", "cpu": losses[CPU], "gpu": losses[device],
-            "rel_diff": rel, "grad_cosine": cos, "ok": rel <= tol_loss and cos >= tol_cos,
-            "tolerance": f"rel <= {tol_loss:g}, cos >= {tol_cos:g}"}
+    return {
+        "what": f"training loss + gradients, {precision}",
+        "cpu": losses[CPU],
+        "gpu": losses[device],
+        "rel_diff": rel,
+        "grad_cosine": cos,
+        "ok": rel <= tol_loss and cos >= tol_cos,
+        "tolerance": f"rel <= {tol_loss:g}, cos >= {tol_cos:g}",
+    }
 
 
 def check_scorer(val_ids: np.ndarray, vocab_size: int, device: torch.device, precision: str) -> dict:
@@ -99,8 +105,15 @@ def check_scorer(val_ids: np.ndarray, vocab_size: int, device: torch.device, pre
         scores[dev] = evaluate.stream_loss(model.to(dev), ids.to(dev), 16, 500, resolve_precision(precision, dev))
     rel = abs(scores[device] - scores[CPU]) / scores[CPU]
     tol_loss, _ = TOLERANCE[precision]
-    return {"what": f"validation scorer, {precision}", "cpu": scores[CPU], "gpu": scores[device], "rel_diff": rel,
-            "grad_cosine": None, "ok": rel <= tol_loss, "tolerance": f"rel <= {tol_loss:g}"}
+    return {
+        "what": f"validation scorer, {precision}",
+        "cpu": scores[CPU],
+        "gpu": scores[device],
+        "rel_diff": rel,
+        "grad_cosine": None,
+        "ok": rel <= tol_loss,
+        "tolerance": f"rel <= {tol_loss:g}",
+    }
 
 
 def matmul_peak(device: torch.device, seconds: float) -> dict[str, float]:
@@ -123,8 +136,9 @@ def matmul_peak(device: torch.device, seconds: float) -> dict[str, float]:
     return out
 
 
-def train_rate(train_ids: np.ndarray, vocab_size: int, device: torch.device, batch: int, precision: str,
-               seconds: float) -> float:
+def train_rate(
+    train_ids: np.ndarray, vocab_size: int, device: torch.device, batch: int, precision: str, seconds: float
+) -> float:
     trainer = ProjectTrainer(train_ids, vocab_size, precision, device, batch)
     for _ in range(5):
         trainer.step()  # warm-up: cuDNN picks its kernels on first use
@@ -139,17 +153,30 @@ def train_rate(train_ids: np.ndarray, vocab_size: int, device: torch.device, bat
 
 
 def real_loop(vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray, device: torch.device, steps: int) -> dict:
-    cfg = config_from_dict({
-        "model": {"embedding_dim": EMBEDDING, "lstm_size": LSTM_SIZE, "num_layers": NUM_LAYERS, "dropout": 0.5},
-        "train": {"batch_size": BATCH, "seq_len": SEQ_LEN, "max_steps": steps, "eval_interval": steps,
-                  "device": device.type, "precision": "auto"},
-        "tracking": {"enabled": False},
-    })
+    cfg = config_from_dict(
+        {
+            "model": {"embedding_dim": EMBEDDING, "lstm_size": LSTM_SIZE, "num_layers": NUM_LAYERS, "dropout": 0.5},
+            "train": {
+                "batch_size": BATCH,
+                "seq_len": SEQ_LEN,
+                "max_steps": steps,
+                "eval_interval": steps,
+                "device": device.type,
+                "precision": "auto",
+            },
+            "tracking": {"enabled": False},
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="karnna-gpu-") as tmp:
         paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
         result = train(cfg, vocab, train_ids, val_ids, paths, progress=False, log=lambda _: None)
-    return {"steps": result.steps, "chars_per_sec": result.chars_per_sec, "val_loss": result.best_val_loss,
-            "seconds": result.seconds, "precision": result.precision}
+    return {
+        "steps": result.steps,
+        "chars_per_sec": result.chars_per_sec,
+        "val_loss": result.best_val_loss,
+        "seconds": result.seconds,
+        "precision": result.precision,
+    }
 
 
 def sampling(vocab: Vocab, device: torch.device) -> dict:
@@ -168,6 +195,110 @@ def sampling(vocab: Vocab, device: torch.device) -> dict:
     return out
 
 
+def print_checks(checks: list[dict]) -> None:
+    print()
+    print(
+        table(
+            ["check", "CPU", "GPU", "relative difference", "gradient cosine", "tolerance", "ok"],
+            [
+                [
+                    c["what"],
+                    f"{c['cpu']:.5f}",
+                    f"{c['gpu']:.5f}",
+                    f"{c['rel_diff']:.2e}",
+                    "-" if c["grad_cosine"] is None else f"{c['grad_cosine']:.5f}",
+                    c["tolerance"],
+                    "yes" if c["ok"] else "NO",
+                ]
+                for c in checks
+            ],
+        ),
+        flush=True,
+    )
+
+
+def time_training(
+    train_ids: np.ndarray,
+    vocab_size: int,
+    device: torch.device,
+    batches: str,
+    seconds: float,
+    peaks: dict[str, float],
+) -> list[dict]:
+    flops = peak.flops_per_char(EMBEDDING, LSTM_SIZE, NUM_LAYERS, vocab_size)
+    rows, speeds = [], []
+    for batch in (int(b) for b in batches.split(",")):
+        for precision in ("bf16", "fp32"):
+            cps = train_rate(train_ids, vocab_size, device, batch, precision, seconds)
+            speeds.append(
+                {
+                    "batch": batch,
+                    "precision": precision,
+                    "chars_per_sec": cps,
+                    "utilisation": cps * flops / peaks[precision],
+                }
+            )
+            rows.append(
+                [
+                    f"{NUM_LAYERS}x{LSTM_SIZE}, batch {batch} x {SEQ_LEN}",
+                    precision,
+                    fmt_rate(cps),
+                    f"{cps * flops / peaks[precision] * 100:.1f}%",
+                    f"{SEED_EPOCHS * len(train_ids) / cps / 60:.1f} min",
+                ]
+            )
+            print(f"throughput: batch {batch} {precision}: {fmt_rate(cps)} chars/s", flush=True)
+    print()
+    print(
+        table(
+            [
+                "training step",
+                "precision",
+                "chars/s",
+                "utilisation (matmul peak)",
+                f"{SEED_EPOCHS} epochs at this rate",
+            ],
+            rows,
+        )
+    )
+    return speeds
+
+
+def time_real_loop(
+    vocab: Vocab,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    device: torch.device,
+    steps: int,
+    speeds: list[dict],
+    report: dict[str, Any],
+) -> None:
+    loop = real_loop(vocab, train_ids, val_ids, device, steps)
+    report["real_loop"] = loop
+    seed_rate = (
+        next(s["chars_per_sec"] for s in speeds if s["batch"] == BATCH and s["precision"] == "bf16")
+        if any(s["batch"] == BATCH for s in speeds)
+        else loop["chars_per_sec"]
+    )
+    report["seed_recipe_minutes"] = SEED_EPOCHS * len(train_ids) / seed_rate / 60
+    print(
+        f"\nsrc.train.train(), {loop['steps']} steps ({loop['precision']}, validation and checkpoints included): "
+        f"{fmt_rate(loop['chars_per_sec'])} chars/s, val loss {loop['val_loss']:.4f}. The seed's full recipe "
+        f"({SEED_EPOCHS} epochs, batch {BATCH} x {SEQ_LEN}, bf16): about {report['seed_recipe_minutes']:.1f} min; "
+        f"goal >= 1M chars/s at batch {BATCH}: {'met' if seed_rate >= 1e6 else 'not met'}"
+    )
+
+
+def time_sampling(vocab: Vocab, device: torch.device, report: dict[str, Any]) -> None:
+    samples = sampling(vocab, device)
+    report["sampling"] = samples
+    print(
+        f"sampling on the GPU: batch 1 {fmt_rate(samples['batch 1'])} chars/s, batch 128 "
+        f"{fmt_rate(samples['batch 128'])} chars/s; greedy text, CPU vs GPU: "
+        f"{samples['greedy_same_chars'] * 100:.0f}% of characters the same"
+    )
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
@@ -178,8 +309,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
-        print(f"gpu_check: torch {torch.__version__} ({build}) sees no CUDA GPU here: nothing was checked. "
-              "Run it on a machine with an NVIDIA GPU and a CUDA build of torch.")
+        print(
+            f"gpu_check: torch {torch.__version__} ({build}) sees no CUDA GPU here: nothing was checked. "
+            "Run it on a machine with an NVIDIA GPU and a CUDA build of torch."
+        )
         return 0
     device = torch.device(args.device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU (script check on the CPU)"
@@ -191,48 +324,19 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     checks = [check_same_batch(train_ids, vocab.size, device, pr) for pr in ("fp32", "bf16")]
     checks += [check_scorer(val_ids, vocab.size, device, pr) for pr in ("fp32", "bf16")]
-    print()
-    print(table(["check", "CPU", "GPU", "relative difference", "gradient cosine", "tolerance", "ok"],
-                [[c["what"], f"{c['cpu']:.5f}", f"{c['gpu']:.5f}", f"{c['rel_diff']:.2e}",
-                  "-" if c["grad_cosine"] is None else f"{c['grad_cosine']:.5f}", c["tolerance"],
-                  "yes" if c["ok"] else "NO"] for c in checks]), flush=True)
+    print_checks(checks)
     report["checks"] = checks
 
     peaks = matmul_peak(device, args.seconds)
     report["matmul_peak"] = peaks
     print(f"\nmatmul peak: fp32 {fmt_rate(peaks['fp32'])}FLOP/s, bf16 {fmt_rate(peaks['bf16'])}FLOP/s", flush=True)
 
-    flops = peak.flops_per_char(EMBEDDING, LSTM_SIZE, NUM_LAYERS, vocab.size)
-    rows, speeds = [], []
-    for batch in (int(b) for b in args.batches.split(",")):
-        for precision in ("bf16", "fp32"):
-            cps = train_rate(train_ids, vocab.size, device, batch, precision, args.seconds)
-            speeds.append({"batch": batch, "precision": precision, "chars_per_sec": cps,
-                           "utilisation": cps * flops / peaks[precision]})
-            rows.append([f"{NUM_LAYERS}x{LSTM_SIZE}, batch {batch} x {SEQ_LEN}", precision, fmt_rate(cps),
-                         f"{cps * flops / peaks[precision] * 100:.1f}%",
-                         f"{SEED_EPOCHS * len(train_ids) / cps / 60:.1f} min"])
-            print(f"throughput: batch {batch} {precision}: {fmt_rate(cps)} chars/s", flush=True)
+    speeds = time_training(train_ids, vocab.size, device, args.batches, args.seconds, peaks)
     report["throughput"] = speeds
-    print()
-    print(table(["training step", "precision", "chars/s", "utilisation (matmul peak)",
-                 f"{SEED_EPOCHS} epochs at this rate"], rows))
 
-    loop = real_loop(vocab, train_ids, val_ids, device, args.train_steps)
-    report["real_loop"] = loop
-    seed_rate = next(s["chars_per_sec"] for s in speeds if s["batch"] == BATCH and s["precision"] == "bf16") \
-        if any(s["batch"] == BATCH for s in speeds) else loop["chars_per_sec"]
-    report["seed_recipe_minutes"] = SEED_EPOCHS * len(train_ids) / seed_rate / 60
-    print(f"\nsrc.train.train(), {loop['steps']} steps ({loop['precision']}, validation and checkpoints included): "
-          f"{fmt_rate(loop['chars_per_sec'])} chars/s, val loss {loop['val_loss']:.4f}. The seed's full recipe "
-          f"({SEED_EPOCHS} epochs, batch {BATCH} x {SEQ_LEN}, bf16): about {report['seed_recipe_minutes']:.1f} min; "
-          f"goal >= 1M chars/s at batch {BATCH}: {'met' if seed_rate >= 1e6 else 'not met'}")
+    time_real_loop(vocab, train_ids, val_ids, device, args.train_steps, speeds, report)
 
-    samples = sampling(vocab, device)
-    report["sampling"] = samples
-    print(f"sampling on the GPU: batch 1 {fmt_rate(samples['batch 1'])} chars/s, batch 128 "
-          f"{fmt_rate(samples['batch 128'])} chars/s; greedy text, CPU vs GPU: "
-          f"{samples['greedy_same_chars'] * 100:.0f}% of characters the same")
+    time_sampling(vocab, device, report)
     report["ok"] = all(c["ok"] for c in checks)
     write_json(args.out, report)
     if not report["ok"]:

@@ -107,12 +107,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                 times[name].append(seconds)
             grads[name] = (x.grad.clone(), w_hh.grad.clone())
     (dx1, dw1), (dx2, dw2) = grads.values()
-    print(f"same gradients: cosine dx {F.cosine_similarity(dx1.flatten(), dx2.flatten(), 0):.4f}, "
-          f"d w_hh {F.cosine_similarity(dw1.flatten(), dw2.flatten(), 0):.4f}")
+    print(
+        f"same gradients: cosine dx {F.cosine_similarity(dx1.flatten(), dx2.flatten(), 0):.4f}, "
+        f"d w_hh {F.cosine_similarity(dw1.flatten(), dw2.flatten(), 0):.4f}"
+    )
     base = median(times[next(iter(runs))])
     for name, t in times.items():
-        print(f"{name}: forward + backward {median(t) * 1e3:.0f} ms (median of {args.rounds}), "
-              f"{median(t) / base:.2f}x oneDNN's time")
+        print(
+            f"{name}: forward + backward {median(t) * 1e3:.0f} ms (median of {args.rounds}), "
+            f"{median(t) / base:.2f}x oneDNN's time"
+        )
     return 0
 
 

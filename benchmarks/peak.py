@@ -47,8 +47,9 @@ def lstm_shapes(batch: int, seq_len: int, hidden: int) -> list[Shape]:
     ]
 
 
-def step_gemms(batch: int, seq_len: int, input_dim: int, hidden: int, layers: int, vocab: int,
-               input_grad: bool = True) -> list[tuple[Shape, int]]:
+def step_gemms(
+    batch: int, seq_len: int, input_dim: int, hidden: int, layers: int, vocab: int, input_grad: bool = True
+) -> list[tuple[Shape, int]]:
     """Every GEMM of one training step of the char-LSTM, as (shape, times it runs).
 
     Per layer: the input projection of all steps at once and one recurrent product per time
@@ -61,15 +62,22 @@ def step_gemms(batch: int, seq_len: int, input_dim: int, hidden: int, layers: in
     out: list[tuple[Shape, int]] = []
     for n in range(layers):
         d = input_dim if n == 0 else hidden
-        out += [(Shape(rows, d, gates, f"layer {n}: input projection"), 1),
-                (Shape(batch, hidden, gates, f"layer {n}: recurrent step"), seq_len)]
+        out += [
+            (Shape(rows, d, gates, f"layer {n}: input projection"), 1),
+            (Shape(batch, hidden, gates, f"layer {n}: recurrent step"), seq_len),
+        ]
         if n > 0 or input_grad:
             out.append((Shape(rows, gates, d, f"layer {n}: input gradient"), 1))
-        out += [(Shape(batch, gates, hidden, f"layer {n}: recurrent gradient step"), seq_len),
-                (Shape(gates, rows, d, f"layer {n}: input weight gradient"), 1),
-                (Shape(gates, rows, hidden, f"layer {n}: recurrent weight gradient"), 1)]
-    out += [(Shape(rows, hidden, vocab, "output layer"), 1), (Shape(rows, vocab, hidden, "output input gradient"), 1),
-            (Shape(vocab, rows, hidden, "output weight gradient"), 1)]
+        out += [
+            (Shape(batch, gates, hidden, f"layer {n}: recurrent gradient step"), seq_len),
+            (Shape(gates, rows, d, f"layer {n}: input weight gradient"), 1),
+            (Shape(gates, rows, hidden, f"layer {n}: recurrent weight gradient"), 1),
+        ]
+    out += [
+        (Shape(rows, hidden, vocab, "output layer"), 1),
+        (Shape(rows, vocab, hidden, "output input gradient"), 1),
+        (Shape(vocab, rows, hidden, "output weight gradient"), 1),
+    ]
     return out
 
 
@@ -181,34 +189,46 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\npeak: fp32 {fmt_rate(fp32)}FLOP/s, bf16 {fmt_rate(bf16)}FLOP/s (bf16/fp32 {bf16 / fp32:.2f}x)")
     n_layers, h, v = args.num_layers, args.lstm_size, args.vocab_size
     print()
-    print(table(
-        ["model", "forward FLOPs/char", "training FLOPs/char", "fp32-peak chars/s", "bf16-peak chars/s"],
-        [
-            [label, f"{flops_per_char(d, h, n_layers, v, False) / 1e6:.2f}M", f"{flops_per_char(d, h, n_layers, v) / 1e6:.2f}M",
-             fmt_rate(fp32 / flops_per_char(d, h, n_layers, v)), fmt_rate(bf16 / flops_per_char(d, h, n_layers, v))]
-            for label, d in (
-                (f"project: embedding {args.embedding_dim} -> {n_layers}x{h} LSTM -> {v}", args.embedding_dim),
-                (f"reference: one-hot {v} -> {n_layers}x{h} LSTM -> {v}", v),
-            )
-        ],
-    ))
+    print(
+        table(
+            ["model", "forward FLOPs/char", "training FLOPs/char", "fp32-peak chars/s", "bf16-peak chars/s"],
+            [
+                [
+                    label,
+                    f"{flops_per_char(d, h, n_layers, v, False) / 1e6:.2f}M",
+                    f"{flops_per_char(d, h, n_layers, v) / 1e6:.2f}M",
+                    fmt_rate(fp32 / flops_per_char(d, h, n_layers, v)),
+                    fmt_rate(bf16 / flops_per_char(d, h, n_layers, v)),
+                ]
+                for label, d in (
+                    (f"project: embedding {args.embedding_dim} -> {n_layers}x{h} LSTM -> {v}", args.embedding_dim),
+                    (f"reference: one-hot {v} -> {n_layers}x{h} LSTM -> {v}", v),
+                )
+            ],
+        )
+    )
     print()
     print(roofline_table(args.batch, args.seq_len, args.embedding_dim, h, n_layers, v, args.seconds / 4))
     return 0
 
 
-def roofline_table(batch: int, seq_len: int, embedding_dim: int, hidden: int, layers: int, vocab: int,
-                   seconds: float) -> str:
+def roofline_table(
+    batch: int, seq_len: int, embedding_dim: int, hidden: int, layers: int, vocab: int, seconds: float
+) -> str:
     """Each model's training step at its own roofline, per precision (the shapes timed here and now)."""
-    models = {"project": step_gemms(batch, seq_len, embedding_dim, hidden, layers, vocab),
-              "reference": step_gemms(batch, seq_len, vocab, hidden, layers, vocab, input_grad=False)}
+    models = {
+        "project": step_gemms(batch, seq_len, embedding_dim, hidden, layers, vocab),
+        "reference": step_gemms(batch, seq_len, vocab, hidden, layers, vocab, input_grad=False),
+    }
     rows = []
     for name in DTYPES:
         rates = shape_rates([s for g in models.values() for s, _ in g], name, seconds)
         for model, gemms in models.items():
             t = roofline_seconds(gemms, rates)
             flops = sum(c * s.flops for s, c in gemms)
-            rows.append([model, name, f"{t * 1e3:.0f} ms", fmt_rate(batch * seq_len / t), f"{fmt_rate(flops / t)}FLOP/s"])
+            rows.append(
+                [model, name, f"{t * 1e3:.0f} ms", fmt_rate(batch * seq_len / t), f"{fmt_rate(flops / t)}FLOP/s"]
+            )
     return table(["training step", "precision", "roofline step time", "roofline chars/s", "roofline mean rate"], rows)
 
 

@@ -34,8 +34,10 @@ CATEGORIES = [
     ("gradient clipping (norms)", ("norm", "clip", "aten::stack")),
     ("loss (log-softmax, NLL)", ("log_softmax", "nll_loss", "cross_entropy")),
     ("embedding", ("embedding",)),
-    ("elementwise (mul, add, zero, fill)", ("aten::mul", "aten::add", "aten::zero", "aten::fill", "aten::div",
-                                            "aten::sum", "aten::cat", "aten::empty")),
+    (
+        "elementwise (mul, add, zero, fill)",
+        ("aten::mul", "aten::add", "aten::zero", "aten::fill", "aten::div", "aten::sum", "aten::cat", "aten::empty"),
+    ),
 ]
 
 
@@ -63,8 +65,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     total = sum(self_us.values())
     print(f"\n{args.precision}, {args.steps} steps profiled: {total / 1e3:.0f} ms per step (sum of self times)\n")
     top = sorted(self_us.items(), key=lambda kv: -kv[1])[: args.top]
-    print(table(["op", "ms per step", "share", "category"],
-                [[k, f"{v / 1e3:.1f}", f"{v / total * 100:.1f}%", category(k)] for k, v in top]))
+    print(
+        table(
+            ["op", "ms per step", "share", "category"],
+            [[k, f"{v / 1e3:.1f}", f"{v / total * 100:.1f}%", category(k)] for k, v in top],
+        )
+    )
     by_cat: dict[str, float] = defaultdict(float)
     for k, v in self_us.items():
         by_cat[category(k)] += v
@@ -75,15 +81,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     forward = [(s, c) for s, c in lstm if s.what.endswith(("input projection", "recurrent step"))]
     backward = [g for g in lstm if g not in forward]
     print()
-    print(table(["category", "ms per step", "share of the step"],
-                [[k, f"{v / 1e3:.1f}", f"{v / total * 100:.1f}%"] for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])]))
-    print(f"\nroofline of the step: {roof * 1e3:.0f} ms ({BATCH * SEQ_LEN / roof / 1e3:.1f}k chars/s), of which the LSTM "
-          f"layers' GEMMs {peak.roofline_seconds(lstm, rates) * 1e3:.0f} ms; measured step {total / 1e3:.0f} ms: "
-          f"{roof / (total / 1e6) * 100:.0f}% of the roofline")
-    for label, part, cat in (("forward", forward, "oneDNN LSTM forward"), ("backward", backward, "oneDNN LSTM backward")):
+    print(
+        table(
+            ["category", "ms per step", "share of the step"],
+            [
+                [k, f"{v / 1e3:.1f}", f"{v / total * 100:.1f}%"]
+                for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])
+            ],
+        )
+    )
+    print(
+        f"\nroofline of the step: {roof * 1e3:.0f} ms ({BATCH * SEQ_LEN / roof / 1e3:.1f}k chars/s), of which the LSTM "
+        f"layers' GEMMs {peak.roofline_seconds(lstm, rates) * 1e3:.0f} ms; measured step {total / 1e3:.0f} ms: "
+        f"{roof / (total / 1e6) * 100:.0f}% of the roofline"
+    )
+    for label, part, cat in (
+        ("forward", forward, "oneDNN LSTM forward"),
+        ("backward", backward, "oneDNN LSTM backward"),
+    ):
         t = peak.roofline_seconds(part, rates) * 1e6
-        print(f"oneDNN LSTM {label}: {by_cat[cat] / 1e3:.0f} ms against {t / 1e3:.0f} ms for its GEMMs at their best "
-              f"rates: {t / by_cat[cat] * 100:.0f}%, {(by_cat[cat] - t) / 1e3:.0f} ms lost")
+        print(
+            f"oneDNN LSTM {label}: {by_cat[cat] / 1e3:.0f} ms against {t / 1e3:.0f} ms for its GEMMs at their best "
+            f"rates: {t / by_cat[cat] * 100:.0f}%, {(by_cat[cat] - t) / 1e3:.0f} ms lost"
+        )
     return 0
 
 

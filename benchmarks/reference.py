@@ -60,9 +60,20 @@ def one_hot(x: np.ndarray, vocab_size: int) -> torch.Tensor:
 class SeedTrainer:
     """The seed's training loop, one step at a time so a benchmark can time each step."""
 
-    def __init__(self, ids: np.ndarray, vocab_size: int, lstm_size: int = 512, num_layers: int = 2,
-                 dropout: float = 0.5, batch_size: int = 100, seq_len: int = 100, lr: float = 1e-3,
-                 grad_clip: float = 5.0, seed: int = 1234, amp: Optional[torch.dtype] = None):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        vocab_size: int,
+        lstm_size: int = 512,
+        num_layers: int = 2,
+        dropout: float = 0.5,
+        batch_size: int = 100,
+        seq_len: int = 100,
+        lr: float = 1e-3,
+        grad_clip: float = 5.0,
+        seed: int = 1234,
+        amp: Optional[torch.dtype] = None,
+    ):
         """amp: an autocast dtype (bf16) for the forward pass, as plain PyTorch would add it; None: fp32."""
         torch.manual_seed(seed)
         self.amp = amp
@@ -105,8 +116,15 @@ def pick_top_n(preds: np.ndarray, vocab_size: int, rng: np.random.Generator, top
 
 
 @torch.no_grad()
-def seed_sample(model: SeedLSTM, char_to_id: dict[str, int], id_to_char: list[str], prime: str, length: int,
-                top_n: int = 5, seed: int = 0) -> str:
+def seed_sample(
+    model: SeedLSTM,
+    char_to_id: dict[str, int],
+    id_to_char: list[str],
+    prime: str,
+    length: int,
+    top_n: int = 5,
+    seed: int = 0,
+) -> str:
     """The seed's sample(): the prime fed one character per call, then one call per new character."""
     model.eval()
     rng = np.random.default_rng(seed)

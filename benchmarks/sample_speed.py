@@ -79,8 +79,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=128, help="samples generated at once (default: %(default)s)")
     p.add_argument("--batch-length", type=int, default=200, help="characters per sample in the batched call")
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
-    p.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm",
-                   help="the project's model.cell (the reference is the seed's LSTM); default: %(default)s")
+    p.add_argument(
+        "--cell",
+        choices=["lstm", "gru", "rnn"],
+        default="lstm",
+        help="the project's model.cell (the reference is the seed's LSTM); default: %(default)s",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -97,6 +101,7 @@ def make_tasks(args, model: CharRNN, vocab, thread_settings: list[int]) -> tuple
                 return timed(fn)
             finally:
                 torch.set_num_threads(args.threads)
+
         return run
 
     tasks: dict[str, tuple[Any, int]] = {}
@@ -106,12 +111,15 @@ def make_tasks(args, model: CharRNN, vocab, thread_settings: list[int]) -> tuple
             args.ref_length,
         )
     tasks["project, batch 1"] = (
-        lambda: timed(lambda: generate(model, vocab, PRIME, args.length, TOP_K, seed=1)), args.length)
+        lambda: timed(lambda: generate(model, vocab, PRIME, args.length, TOP_K, seed=1)),
+        args.length,
+    )
     batched = {f"project, batch {args.batch}, {n} thread(s)": n for n in thread_settings}
     for name, n in batched.items():
         tasks[name] = (
-            with_threads(n, lambda: generate(model, vocab, PRIME, args.batch_length, TOP_K, seed=1,
-                                             num_samples=args.batch)),
+            with_threads(
+                n, lambda: generate(model, vocab, PRIME, args.batch_length, TOP_K, seed=1, num_samples=args.batch)
+            ),
             args.batch * args.batch_length,
         )
     return tasks, batched
@@ -121,8 +129,10 @@ def run_rounds(args, tasks, model: CharRNN, thread_settings: list[int]):
     """Every task, the GEMV floor and the fp32 peak per round, in a rotating order; -> (rates per
     task, floor seconds, peaks per thread count), one entry per round."""
     gates = model.cell.gates
-    shapes = [peak.Shape(args.batch, LSTM_SIZE, gates * LSTM_SIZE, "recurrent step of the batch"),
-              peak.Shape(100 * args.batch, LSTM_SIZE, gates * LSTM_SIZE, "large")]
+    shapes = [
+        peak.Shape(args.batch, LSTM_SIZE, gates * LSTM_SIZE, "recurrent step of the batch"),
+        peak.Shape(100 * args.batch, LSTM_SIZE, gates * LSTM_SIZE, "large"),
+    ]
     for run, _ in tasks.values():
         run()  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in tasks}
@@ -130,7 +140,7 @@ def run_rounds(args, tasks, model: CharRNN, thread_settings: list[int]):
     peaks: dict[int, list[float]] = {n: [] for n in thread_settings}
     names = list(tasks) + ["floor"]
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             if name == "floor":
                 floors.append(gemv_floor_seconds(model))
                 for n in thread_settings:
@@ -140,8 +150,9 @@ def run_rounds(args, tasks, model: CharRNN, thread_settings: list[int]):
             else:
                 run, chars = tasks[name]
                 rates[name].append(chars / run())
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {fmt_rate(v[-1])}" for k, v in rates.items()),
-              flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {fmt_rate(v[-1])}" for k, v in rates.items()), flush=True
+        )
     return rates, floors, peaks
 
 
@@ -166,21 +177,33 @@ def report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings) -
         rows.append([name, fmt_rate(cps), fmt_rate(ref_best), f"{ratio:.1f}x", util])
         out[name] = {"chars_per_sec": cps, "vs_reference": ratio, "per_round": rates[name]}
     for (cell, _, threads), (path, times) in chosen().items():
-        print(f"path: the Stepper chose {path!r} for the {cell} at {threads} torch thread(s) by timing one step of "
-              "each candidate (median us): " + ", ".join(f"{p} {t * 1e6:.0f}" for p, t in times.items()))
+        print(
+            f"path: the Stepper chose {path!r} for the {cell} at {threads} torch thread(s) by timing one step of "
+            "each candidate (median us): " + ", ".join(f"{p} {t * 1e6:.0f}" for p, t in times.items())
+        )
     print()
     print(table(["sampling", "chars/s", "reference chars/s (best)", "ratio (median of rounds)", "utilisation"], rows))
-    print(f"\nforward FLOPs per generated character (LSTM): {flops / 1e6:.2f}M (the first layer's input "
-          "projection is a table lookup)")
+    print(
+        f"\nforward FLOPs per generated character (LSTM): {flops / 1e6:.2f}M (the first layer's input "
+        "projection is a table lookup)"
+    )
     single = out["project, batch 1"]["vs_reference"]
     share = median(mine * floor for mine, floor in zip(rates["project, batch 1"], floors))
     many = max(out[name]["vs_reference"] for name in batched)
-    print(f"goals: batch 1 >= 5x: {'met' if single >= 5 else 'not met'} ({single:.1f}x); "
-          f"batch 1 >= 50% of the GEMV floor: {'met' if share >= 0.5 else 'not met'} ({share * 100:.0f}%); "
-          f"batch {args.batch} >= 20x: {'met' if many >= 20 else 'not met'} ({many:.1f}x)")
-    return {"machine": machine(args.threads), "cell": args.cell, "results": out,
-            "stepper_choice": {str(k[2]): v for k, v in chosen().items()}, "gemv_floor_chars_per_sec": floor_rate,
-            "fp32_peak": fp32_peak, "flops_per_char": flops}
+    print(
+        f"goals: batch 1 >= 5x: {'met' if single >= 5 else 'not met'} ({single:.1f}x); "
+        f"batch 1 >= 50% of the GEMV floor: {'met' if share >= 0.5 else 'not met'} ({share * 100:.0f}%); "
+        f"batch {args.batch} >= 20x: {'met' if many >= 20 else 'not met'} ({many:.1f}x)"
+    )
+    return {
+        "machine": machine(args.threads),
+        "cell": args.cell,
+        "results": out,
+        "stepper_choice": {str(k[2]): v for k, v in chosen().items()},
+        "gemv_floor_chars_per_sec": floor_rate,
+        "fp32_peak": fp32_peak,
+        "flops_per_char": flops,
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -195,6 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rates, floors, peaks = run_rounds(args, tasks, model, thread_settings)
     write_json(args.json, report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings))
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

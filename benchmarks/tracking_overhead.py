@@ -136,8 +136,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     raw = {
         "model": {"embedding_dim": 32, "lstm_size": args.lstm_size, "num_layers": 1, "dropout": 0.0},
         "train": {
-            "batch_size": 16, "seq_len": 64, "max_steps": args.steps, "eval_interval": 100, "log_interval": 25,
-            "device": "cpu", "precision": "fp32", "num_threads": args.threads,
+            "batch_size": 16,
+            "seq_len": 64,
+            "max_steps": args.steps,
+            "eval_interval": 100,
+            "log_interval": 25,
+            "device": "cpu",
+            "precision": "fp32",
+            "num_threads": args.threads,
         },
         "evaluate": {"rows": 4, "chunk_len": 200},
         "tracking": {"log_every": 10, "experiment": "overhead", "model_name": "overhead-bench"},
@@ -182,8 +188,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
     print()
     for mode in MODES:
-        print(f"each run, {mode:>3}: wall " + " ".join(f"{r['loop']:.3f}" for r in samples[mode])
-              + "  CPU " + " ".join(f"{r['cpu']:.3f}" for r in samples[mode]))
+        print(
+            f"each run, {mode:>3}: wall "
+            + " ".join(f"{r['loop']:.3f}" for r in samples[mode])
+            + "  CPU "
+            + " ".join(f"{r['cpu']:.3f}" for r in samples[mode])
+        )
     return 0
 
 

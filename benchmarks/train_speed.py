@@ -50,8 +50,15 @@ CPU = torch.device("cpu")
 class ProjectTrainer:
     """src/train.py's step on the seed recipe, one step at a time so that it can be interleaved."""
 
-    def __init__(self, train_ids: np.ndarray, vocab_size: int, precision: str, device: torch.device = CPU,
-                 batch_size: int = BATCH, seed: int = 1234):
+    def __init__(
+        self,
+        train_ids: np.ndarray,
+        vocab_size: int,
+        precision: str,
+        device: torch.device = CPU,
+        batch_size: int = BATCH,
+        seed: int = 1234,
+    ):
         torch.manual_seed(seed)
         self.device, self.batch_size = device, batch_size
         self.model = CharRNN(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, DROPOUT)).to(device).train()
@@ -92,8 +99,9 @@ def pick_peak_kernels(seconds: float) -> dict[str, tuple[str, peak.Shape]]:
 def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
     trainers = {
         "reference": SeedTrainer(train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN),
-        "reference bf16": SeedTrainer(train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN,
-                                      amp=torch.bfloat16),
+        "reference bf16": SeedTrainer(
+            train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN, amp=torch.bfloat16
+        ),
         "fp32": ProjectTrainer(train_ids, vocab.size, "fp32"),
         "bf16": ProjectTrainer(train_ids, vocab.size, "bf16"),
     }
@@ -110,7 +118,7 @@ def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
     order = list(trainers) + ["peak"]
     for c in range(args.cycles):
         cycle = {}
-        for task in order[c % len(order):] + order[: c % len(order)]:
+        for task in order[c % len(order) :] + order[: c % len(order)]:
             if task == "peak":
                 with torch.no_grad():
                     for p, (fn, flops) in peak_fns.items():
@@ -126,22 +134,34 @@ def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
                 steps[task].extend(rates)
                 cycle[task] = median(rates)
         cycles.append(cycle)
-        print(f"cycle {c + 1}/{args.cycles}: " + ", ".join(
-            f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s")
-            for k, v in cycle.items() if not k.startswith("roofline")
-        ), flush=True)
-    roofline = {name: {p: peak.roofline_seconds(g, roof_rates[p]) / (BATCH * SEQ_LEN) for p in roof_rates}
-                for name, g in gemms.items()}  # seconds per character at each precision
-    return {"steps": steps, "cycles": cycles, "peak_kernels": {p: [k, s.what] for p, (k, s) in kernels.items()},
-            "roofline_s_per_char": roofline,
-            "roofline_rates": {p: {"x".join(map(str, k)): r for k, r in v.items()} for p, v in roof_rates.items()}}
+        print(
+            f"cycle {c + 1}/{args.cycles}: "
+            + ", ".join(
+                f"{k} {fmt_rate(v)}" + ("FLOP/s" if k.startswith("peak") else " chars/s")
+                for k, v in cycle.items()
+                if not k.startswith("roofline")
+            ),
+            flush=True,
+        )
+    roofline = {
+        name: {p: peak.roofline_seconds(g, roof_rates[p]) / (BATCH * SEQ_LEN) for p in roof_rates}
+        for name, g in gemms.items()
+    }  # seconds per character at each precision
+    return {
+        "steps": steps,
+        "cycles": cycles,
+        "peak_kernels": {p: [k, s.what] for p, (k, s) in kernels.items()},
+        "roofline_s_per_char": roofline,
+        "roofline_rates": {p: {"x".join(map(str, k)): r for k, r in v.items()} for p, v in roof_rates.items()},
+    }
 
 
 def step_gemms(vocab_size: int) -> dict[str, list[tuple[peak.Shape, int]]]:
     """The GEMMs of the project's and the reference's step (one-hot inputs: no input gradient)."""
-    return {"project": peak.step_gemms(BATCH, SEQ_LEN, EMBEDDING, LSTM_SIZE, NUM_LAYERS, vocab_size),
-            "reference": peak.step_gemms(BATCH, SEQ_LEN, vocab_size, LSTM_SIZE, NUM_LAYERS, vocab_size,
-                                         input_grad=False)}
+    return {
+        "project": peak.step_gemms(BATCH, SEQ_LEN, EMBEDDING, LSTM_SIZE, NUM_LAYERS, vocab_size),
+        "reference": peak.step_gemms(BATCH, SEQ_LEN, vocab_size, LSTM_SIZE, NUM_LAYERS, vocab_size, input_grad=False),
+    }
 
 
 def quality(args, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray) -> list[dict]:
@@ -149,84 +169,177 @@ def quality(args, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray) -> l
     with tempfile.TemporaryDirectory(prefix="karnna-bench-") as tmp:
         paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
         for precision, seed in (("fp32", args.seed), ("bf16", args.seed), ("fp32", args.seed + 1)):
-            cfg = config_from_dict({
-                "model": {"embedding_dim": EMBEDDING, "lstm_size": LSTM_SIZE, "num_layers": NUM_LAYERS,
-                          "dropout": DROPOUT},
-                "train": {"batch_size": BATCH, "seq_len": SEQ_LEN, "max_steps": args.quality_steps,
-                          "eval_interval": args.quality_steps, "device": "cpu", "precision": precision,
-                          "num_threads": args.threads, "seed": seed},
-                "tracking": {"enabled": False},
-            })
+            cfg = config_from_dict(
+                {
+                    "model": {
+                        "embedding_dim": EMBEDDING,
+                        "lstm_size": LSTM_SIZE,
+                        "num_layers": NUM_LAYERS,
+                        "dropout": DROPOUT,
+                    },
+                    "train": {
+                        "batch_size": BATCH,
+                        "seq_len": SEQ_LEN,
+                        "max_steps": args.quality_steps,
+                        "eval_interval": args.quality_steps,
+                        "device": "cpu",
+                        "precision": precision,
+                        "num_threads": args.threads,
+                        "seed": seed,
+                    },
+                    "tracking": {"enabled": False},
+                }
+            )
             result = train(cfg, vocab, train_ids, val_ids, paths, progress=False, log=lambda _: None)
-            runs.append({"precision": precision, "seed": seed, "val_loss": result.best_val_loss,
-                         "seconds": result.seconds})
-            print(f"quality: {precision} seed {seed}: val loss {result.best_val_loss:.4f} after "
-                  f"{args.quality_steps} steps ({result.seconds:.0f} s)", flush=True)
+            runs.append(
+                {"precision": precision, "seed": seed, "val_loss": result.best_val_loss, "seconds": result.seconds}
+            )
+            print(
+                f"quality: {precision} seed {seed}: val loss {result.best_val_loss:.4f} after "
+                f"{args.quality_steps} steps ({result.seconds:.0f} s)",
+                flush=True,
+            )
     return runs
 
 
-def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
-    v = args.vocab_size
-    project, reference = (peak.flops_per_char(d, LSTM_SIZE, NUM_LAYERS, v) for d in (EMBEDDING, v))
-    flops = {"reference": reference, "reference bf16": reference, "fp32": project, "bf16": project}
+def speed_table(thr: dict[str, Any], flops: dict[str, float], peaks: dict[str, float]) -> dict[str, dict]:
     precision = {"reference": "fp32", "reference bf16": "bf16", "fp32": "fp32", "bf16": "bf16"}
     model = {"reference": "reference", "reference bf16": "reference", "fp32": "project", "bf16": "project"}
     cycles, roof = thr["cycles"], thr["roofline_s_per_char"]
-    peaks = {p: median(c[f"peak {p}"] for c in cycles) for p in ("fp32", "bf16")}
     ref = median(thr["steps"]["reference"])
     rows, out = [], {}
-    for key, label in (("reference", "reference: seed recipe, fp32, one-hot"),
-                       ("reference bf16", "reference with bf16 autocast"), ("fp32", "project, fp32"),
-                       ("bf16", "project, bf16 autocast")):
+    for key, label in (
+        ("reference", "reference: seed recipe, fp32, one-hot"),
+        ("reference bf16", "reference with bf16 autocast"),
+        ("fp32", "project, fp32"),
+        ("bf16", "project, bf16 autocast"),
+    ):
         cps = median(thr["steps"][key])
         ratio = median(c[key] / c["reference"] for c in cycles)
         util = median(c[key] * flops[key] / c[f"peak {precision[key]}"] for c in cycles)
         roof_s = median(c[f"roofline {model[key]} {precision[key]}"] for c in cycles)
         roof_util = median(c[key] * c[f"roofline {model[key]} {precision[key]}"] for c in cycles)
         best_util = cps * roof[model[key]][precision[key]]
-        rows.append([label, fmt_rate(cps), fmt_rate(ref), f"{ratio:.2f}x", f"{fmt_rate(cps * flops[key])}FLOP/s",
-                     f"{util * 100:.0f}% (peak {precision[key]} {fmt_rate(peaks[precision[key]])}FLOP/s)",
-                     f"{roof_util * 100:.0f}% (roofline {fmt_rate(1 / roof_s)} chars/s)",
-                     f"{best_util * 100:.0f}% ({fmt_rate(1 / roof[model[key]][precision[key]])} chars/s)"])
-        out[key] = {"chars_per_sec": cps, "vs_reference": ratio, "utilisation": util, "roofline_utilisation": roof_util,
-                    "best_rates_roofline_utilisation": best_util}
+        rows.append(
+            [
+                label,
+                fmt_rate(cps),
+                fmt_rate(ref),
+                f"{ratio:.2f}x",
+                f"{fmt_rate(cps * flops[key])}FLOP/s",
+                f"{util * 100:.0f}% (peak {precision[key]} {fmt_rate(peaks[precision[key]])}FLOP/s)",
+                f"{roof_util * 100:.0f}% (roofline {fmt_rate(1 / roof_s)} chars/s)",
+                f"{best_util * 100:.0f}% ({fmt_rate(1 / roof[model[key]][precision[key]])} chars/s)",
+            ]
+        )
+        out[key] = {
+            "chars_per_sec": cps,
+            "vs_reference": ratio,
+            "utilisation": util,
+            "roofline_utilisation": roof_util,
+            "best_rates_roofline_utilisation": best_util,
+        }
     print()
-    print(table(["training step", "chars/s", "reference chars/s", "ratio", "model FLOP/s", "utilisation (single peak)",
-                 "of the step's own roofline", "of the roofline at the run's best rates"], rows))
-    print("roofline: every GEMM of the step (forward input projection and recurrent steps, backward input and "
-          "recurrent gradients, weight gradients, output layer) at the fastest rate measured for its shape "
-          "(torch.mm or oneDNN), FLOP-weighted: the step's time if it were nothing but its GEMMs. Own roofline: "
-          "each cycle's rates, median over cycles (load cancels, as in the ratios); best rates: each shape's "
-          "fastest in any cycle against the median step (lower while other processes load the machine).")
-    bf16_rate = out["bf16"]["chars_per_sec"]
-    print(f"\nratio and utilisation: medians over cycles of each cycle's own figures. FLOPs per character "
-          f"(training, 3x forward): project {flops['bf16'] / 1e6:.2f}M, reference {flops['reference'] / 1e6:.2f}M. "
-          f"At the bf16 rate an epoch ({args.train_chars:,} characters) takes {args.train_chars / bf16_rate / 60:.1f} "
-          f"min, the seed's 20 epochs {20 * args.train_chars / bf16_rate / 3600:.1f} h.")
+    print(
+        table(
+            [
+                "training step",
+                "chars/s",
+                "reference chars/s",
+                "ratio",
+                "model FLOP/s",
+                "utilisation (single peak)",
+                "of the step's own roofline",
+                "of the roofline at the run's best rates",
+            ],
+            rows,
+        )
+    )
+    print(
+        "roofline: every GEMM of the step (forward input projection and recurrent steps, backward input and "
+        "recurrent gradients, weight gradients, output layer) at the fastest rate measured for its shape "
+        "(torch.mm or oneDNN), FLOP-weighted: the step's time if it were nothing but its GEMMs. Own roofline: "
+        "each cycle's rates, median over cycles (load cancels, as in the ratios); best rates: each shape's "
+        "fastest in any cycle against the median step (lower while other processes load the machine)."
+    )
+    return out
+
+
+def quality_verdict(args, runs: list[dict]) -> dict[str, Any]:
     verdict: dict[str, Any] = {}
     if runs:
         fp32, bf16, fp32_next = (r["val_loss"] for r in runs)
         noise = abs(fp32_next - fp32)
         verdict = {"bf16_minus_fp32": bf16 - fp32, "seed_noise": noise, "holds": bf16 - fp32 <= max(noise, 0.01)}
         print()
-        print(table(["precision", "seed", f"val loss after {args.quality_steps} steps", "minus fp32, same seed",
-                     "seconds"],
-                    [[r["precision"], r["seed"], f"{r['val_loss']:.4f}", f"{r['val_loss'] - fp32:+.4f}",
-                      f"{r['seconds']:.0f}"] for r in runs]))
-        print(f"\nbf16 - fp32 = {bf16 - fp32:+.4f} nats against a seed-to-seed difference of {noise:.4f}: "
-              + ("the loss holds" if verdict["holds"] else "bf16 is worse than the noise"))
+        print(
+            table(
+                ["precision", "seed", f"val loss after {args.quality_steps} steps", "minus fp32, same seed", "seconds"],
+                [
+                    [
+                        r["precision"],
+                        r["seed"],
+                        f"{r['val_loss']:.4f}",
+                        f"{r['val_loss'] - fp32:+.4f}",
+                        f"{r['seconds']:.0f}",
+                    ]
+                    for r in runs
+                ],
+            )
+        )
+        print(
+            f"\nbf16 - fp32 = {bf16 - fp32:+.4f} nats against a seed-to-seed difference of {noise:.4f}: "
+            + ("the loss holds" if verdict["holds"] else "bf16 is worse than the noise")
+        )
+    return verdict
+
+
+def goals_met(out: dict[str, dict], verdict: dict[str, Any]) -> dict[str, Optional[bool]]:
     goals = {
         ">= 1.5x reference": out["bf16"]["vs_reference"] >= 1.5,
         ">= 60% of the bf16 peak": out["bf16"]["utilisation"] >= 0.6,
         ">= 75% of the bf16 step's roofline": out["bf16"]["roofline_utilisation"] >= 0.75,
         "loss no worse than fp32": verdict.get("holds"),
     }
-    print("goals: " + "; ".join(f"{k}: {'met' if ok else 'not met' if ok is not None else 'not checked'}"
-                                for k, ok in goals.items()))
-    return {"machine": args.machine, "keep_freed_memory": args.keep_freed_memory, "results": out, "peaks": peaks,
-            "roofline_s_per_char": roof, "roofline_rates": thr["roofline_rates"],
-            "flops_per_char": flops, "cycles": cycles, "peak_kernels": thr["peak_kernels"], "quality": runs,
-            "quality_verdict": verdict, "goals": goals}
+    print(
+        "goals: "
+        + "; ".join(
+            f"{k}: {'met' if ok else 'not met' if ok is not None else 'not checked'}" for k, ok in goals.items()
+        )
+    )
+    return goals
+
+
+def report(args, thr: dict[str, Any], runs: list[dict]) -> dict[str, Any]:
+    v = args.vocab_size
+    project, reference = (peak.flops_per_char(d, LSTM_SIZE, NUM_LAYERS, v) for d in (EMBEDDING, v))
+    flops = {"reference": reference, "reference bf16": reference, "fp32": project, "bf16": project}
+    cycles, roof = thr["cycles"], thr["roofline_s_per_char"]
+    peaks = {p: median(c[f"peak {p}"] for c in cycles) for p in ("fp32", "bf16")}
+    out = speed_table(thr, flops, peaks)
+    bf16_rate = out["bf16"]["chars_per_sec"]
+    print(
+        f"\nratio and utilisation: medians over cycles of each cycle's own figures. FLOPs per character "
+        f"(training, 3x forward): project {flops['bf16'] / 1e6:.2f}M, reference {flops['reference'] / 1e6:.2f}M. "
+        f"At the bf16 rate an epoch ({args.train_chars:,} characters) takes {args.train_chars / bf16_rate / 60:.1f} "
+        f"min, the seed's 20 epochs {20 * args.train_chars / bf16_rate / 3600:.1f} h."
+    )
+    verdict = quality_verdict(args, runs)
+    goals = goals_met(out, verdict)
+    return {
+        "machine": args.machine,
+        "keep_freed_memory": args.keep_freed_memory,
+        "results": out,
+        "peaks": peaks,
+        "roofline_s_per_char": roof,
+        "roofline_rates": thr["roofline_rates"],
+        "flops_per_char": flops,
+        "cycles": cycles,
+        "peak_kernels": thr["peak_kernels"],
+        "quality": runs,
+        "quality_verdict": verdict,
+        "goals": goals,
+    }
 
 
 def onednn_version() -> str:
@@ -239,12 +352,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--cycles", type=int, default=8, help="interleaved cycles (default: %(default)s)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant and cycle (default: %(default)s)")
     p.add_argument("--peak-seconds", type=float, default=0.3, help="matmul timing per precision and cycle")
-    p.add_argument("--roofline-seconds", type=float, default=0.03,
-                   help="timing per GEMM shape, kernel and precision in each cycle (default: %(default)s)")
+    p.add_argument(
+        "--roofline-seconds",
+        type=float,
+        default=0.03,
+        help="timing per GEMM shape, kernel and precision in each cycle (default: %(default)s)",
+    )
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
     p.add_argument("--quality-steps", type=int, default=30, help="steps of the quality check; 0 skips it")
-    p.add_argument("--glibc-default", action="store_true",
-                   help="leave glibc's malloc at its default instead of src.train's keep_freed_memory()")
+    p.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc at its default instead of src.train's keep_freed_memory()",
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -253,15 +373,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(args.machine)
     # src.train.train() applies this on CPU; it is process-wide, so the reference gets it too.
     args.keep_freed_memory = False if args.glibc_default else keep_freed_memory()
-    print("glibc malloc: " + ("keeps freed memory (src.train's setting), for the reference too: same process"
-                              if args.keep_freed_memory else "default (returns freed memory; every step faults it in again)"))
-    print("path: project on CPU with dropout: src.model's layer-by-layer oneDNN LSTM (one torch.lstm call per "
-          "layer, time-major) with its own 16-bit dropout masks; reference: nn.LSTM (both layers in one call) with "
-          f"ATen's bernoulli dropout; {onednn_version()}")
+    print(
+        "glibc malloc: "
+        + (
+            "keeps freed memory (src.train's setting), for the reference too: same process"
+            if args.keep_freed_memory
+            else "default (returns freed memory; every step faults it in again)"
+        )
+    )
+    print(
+        "path: project on CPU with dropout: src.model's layer-by-layer oneDNN LSTM (one torch.lstm call per "
+        "layer, time-major) with its own 16-bit dropout masks; reference: nn.LSTM (both layers in one call) with "
+        f"ATen's bernoulli dropout; {onednn_version()}"
+    )
     vocab, train_ids, val_ids = novel_split()
     args.vocab_size, args.train_chars = vocab.size, len(train_ids)
-    print(f"seed recipe: {NUM_LAYERS}x{LSTM_SIZE} LSTM, dropout {DROPOUT}, batch {BATCH} x {SEQ_LEN}; "
-          f"{args.cycles} cycles of {args.steps} timed steps per variant", flush=True)
+    print(
+        f"seed recipe: {NUM_LAYERS}x{LSTM_SIZE} LSTM, dropout {DROPOUT}, batch {BATCH} x {SEQ_LEN}; "
+        f"{args.cycles} cycles of {args.steps} timed steps per variant",
+        flush=True,
+    )
     thr = throughput(args, vocab, train_ids)
     runs = quality(args, vocab, train_ids, val_ids) if args.quality_steps else []
     write_json(args.json, report(args, thr, runs))

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from src import checkpoint, evaluate, fileio, space as search
+from src import checkpoint, evaluate, fileio
+from src import space as search
 from src.config import config_from_dict, tune_config_from_dict
 from src.device import configure_process, resolve_device, resolve_precision
 from src.train import TrainPaths, train
@@ -46,21 +47,36 @@ def main() -> None:
     tr, va = fileio.read_npy(ROOT / "data/split/train.npy"), fileio.read_npy(ROOT / "data/split/val.npy")
     rungs = search.ladder(args.steps, space.rungs, space.reduction_factor)
     cfg = search.trial_config(base, {}, args.steps)
-    print(f"load average at start: {os.getloadavg()}; ladder {list(rungs)}; eval_chars {space.eval_chars:,} "
-          f"of {len(va):,}", flush=True)
+    print(
+        f"load average at start: {os.getloadavg()}; ladder {list(rungs)}; eval_chars {space.eval_chars:,} "
+        f"of {len(va):,}",
+        flush=True,
+    )
     walls: dict[str, list[float]] = {"prefix": [], "whole": []}
     finals = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
         for r in range(args.repeats):
-            for name in (("prefix", "whole") if r % 2 == 0 else ("whole", "prefix")):
+            for name in ("prefix", "whole") if r % 2 == 0 else ("whole", "prefix"):
                 t0 = time.perf_counter()
-                result = train(cfg, vocab, tr, va, paths, progress=False, log=lambda _: None, eval_steps=rungs,
-                               eval_chars=space.eval_chars if name == "prefix" else None)
+                result = train(
+                    cfg,
+                    vocab,
+                    tr,
+                    va,
+                    paths,
+                    progress=False,
+                    log=lambda _: None,
+                    eval_steps=rungs,
+                    eval_chars=space.eval_chars if name == "prefix" else None,
+                )
                 walls[name].append(time.perf_counter() - t0)
                 finals[name] = result.val_history[-1][1]
-                print(f"repeat {r + 1} {name}: {walls[name][-1]:.1f} s, final {finals[name]:.4f}, "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
+                print(
+                    f"repeat {r + 1} {name}: {walls[name][-1]:.1f} s, final {finals[name]:.4f}, "
+                    f"load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
         model, _, _ = checkpoint.load(paths.best, torch.device("cpu"))  # the last step's (whole split)
     ids = torch.from_numpy(va.astype("int64"))
     amp = resolve_precision(cfg.train.precision, torch.device("cpu"))
@@ -78,10 +94,14 @@ def main() -> None:
     for name in ("whole", "prefix"):
         runs = ", ".join(f"{w:.1f}" for w in walls[name])
         print(f"| intermediate validations on the {name} | {runs} | {med[name]:.1f} |")
-    print(f"\nsaved: {med['whole'] - med['prefix']:.1f} s of {med['whole']:.1f} s "
-          f"({1 - med['prefix'] / med['whole']:.0%}); final losses equal: {finals['prefix'] == finals['whole']}")
-    print(f"one validation: whole split {e['whole']:.2f} s, prefix {e['prefix']:.2f} s (medians of 3); "
-          f"a full trial saves {(len(rungs) - 1) * (e['whole'] - e['prefix']):.1f} s")
+    print(
+        f"\nsaved: {med['whole'] - med['prefix']:.1f} s of {med['whole']:.1f} s "
+        f"({1 - med['prefix'] / med['whole']:.0%}); final losses equal: {finals['prefix'] == finals['whole']}"
+    )
+    print(
+        f"one validation: whole split {e['whole']:.2f} s, prefix {e['prefix']:.2f} s (medians of 3); "
+        f"a full trial saves {(len(rungs) - 1) * (e['whole'] - e['prefix']):.1f} s"
+    )
 
 
 if __name__ == "__main__":

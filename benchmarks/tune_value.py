@@ -33,7 +33,8 @@ import optuna
 import torch
 import yaml
 
-from src import checkpoint, evaluate, fileio, space as search, tune
+from src import checkpoint, evaluate, fileio, tune
+from src import space as search
 from src.config import config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
 from src.train import TrainPaths, train
@@ -58,28 +59,44 @@ def load_avg() -> str:
 
 def study_data() -> tune.StudyData:
     split = ROOT / "data" / "split"
-    return tune.StudyData(Vocab.load(ROOT / "data" / "vocab.json"), fileio.read_npy(split / "train.npy"),
-                          fileio.read_npy(split / "val.npy"))
+    return tune.StudyData(
+        Vocab.load(ROOT / "data" / "vocab.json"),
+        fileio.read_npy(split / "train.npy"),
+        fileio.read_npy(split / "val.npy"),
+    )
 
 
 def train_one(job: tuple[str, dict, int]) -> dict:
     """One pipeline training (a process of its own, one thread) and its fp32 score on the whole split."""
     label, overrides, seed = job
     raw = read_params()
-    cfg = with_overrides(config_from_dict(raw), {**overrides, "train.seed": seed, "train.num_threads": 1,
-                                                 "train.resume": "never"}, "benchmark")
+    cfg = with_overrides(
+        config_from_dict(raw),
+        {**overrides, "train.seed": seed, "train.num_threads": 1, "train.resume": "never"},
+        "benchmark",
+    )
     configure_process(1, resolve_device(cfg.train.device))
     data = study_data()
     with tempfile.TemporaryDirectory() as tmp:
         paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
         result = train(cfg, data.vocab, data.train_ids, data.val_ids, paths, progress=False, log=lambda _: None)
         model, _, _ = checkpoint.load(paths.best, torch.device("cpu"))
-        fp32 = evaluate.stream_loss(model, torch.from_numpy(data.val_ids.astype("int64")), cfg.evaluate.rows,
-                                    cfg.evaluate.chunk_len, None)
-    return {"label": label, "seed": seed, "overrides": overrides, "eval_fp32": fp32,
-            "best_val": result.best_val_loss, "best_step": result.best_step, "last_val": result.val_history[-1][1],
-            "final_train_loss": result.final_train_loss, "seconds": result.seconds, "steps": result.steps,
-            "n_params": result.n_params}
+        fp32 = evaluate.stream_loss(
+            model, torch.from_numpy(data.val_ids.astype("int64")), cfg.evaluate.rows, cfg.evaluate.chunk_len, None
+        )
+    return {
+        "label": label,
+        "seed": seed,
+        "overrides": overrides,
+        "eval_fp32": fp32,
+        "best_val": result.best_val_loss,
+        "best_step": result.best_step,
+        "last_val": result.val_history[-1][1],
+        "final_train_loss": result.final_train_loss,
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "n_params": result.n_params,
+    }
 
 
 def run_search(minutes: float, journal: Path) -> optuna.Study:
@@ -89,23 +106,44 @@ def run_search(minutes: float, journal: Path) -> optuna.Study:
     device = resolve_device(base.train.device)
     n_jobs = tune.default_jobs(device.type)
     configure_process(tune.threads_per_trial(base.train.num_threads, n_jobs), device)
-    print(f"study {space.study_name} in {journal}: {n_jobs} trials at a time, "
-          f"{search.budget_chars(space, base):,} characters per full trial, {minutes:g} minutes", flush=True)
-    return tune.run_study(base, space, study_data(), tune.storage_for(str(journal), journal), timeout=minutes * 60,
-                          n_jobs=n_jobs, progress=False, log=lambda line: print(line, flush=True))
+    print(
+        f"study {space.study_name} in {journal}: {n_jobs} trials at a time, "
+        f"{search.budget_chars(space, base):,} characters per full trial, {minutes:g} minutes",
+        flush=True,
+    )
+    return tune.run_study(
+        base,
+        space,
+        study_data(),
+        tune.storage_for(str(journal), journal),
+        timeout=minutes * 60,
+        n_jobs=n_jobs,
+        progress=False,
+        log=lambda line: print(line, flush=True),
+    )
 
 
 def summary(study: optuna.Study, seconds: float) -> dict:
     states = [t.state for t in study.trials]
     finished = [s for s in states if s.is_finished()]
     best = study.best_trial
-    enqueued = {t.user_attrs["enqueued"]: (t.state.name, t.value, dict(t.intermediate_values))
-                for t in study.trials if t.user_attrs.get("enqueued")}
-    return {"study": study.study_name, "seconds": seconds, "trials": len(finished),
-            "complete": states.count(optuna.trial.TrialState.COMPLETE),
-            "pruned": states.count(optuna.trial.TrialState.PRUNED), "failed": states.count(optuna.trial.TrialState.FAIL),
-            "best_trial": best.number, "best_value": best.value,
-            "best_overrides": best.user_attrs["pipeline_overrides"], "enqueued": enqueued}
+    enqueued = {
+        t.user_attrs["enqueued"]: (t.state.name, t.value, dict(t.intermediate_values))
+        for t in study.trials
+        if t.user_attrs.get("enqueued")
+    }
+    return {
+        "study": study.study_name,
+        "seconds": seconds,
+        "trials": len(finished),
+        "complete": states.count(optuna.trial.TrialState.COMPLETE),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_overrides": best.user_attrs["pipeline_overrides"],
+        "enqueued": enqueued,
+    }
 
 
 def main() -> None:
@@ -114,8 +152,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235])
     p.add_argument("--journal", type=Path, default=ROOT / "tune" / "tune_value.log")
     p.add_argument("--out", type=Path, default=ROOT / "tune" / "tune_value.json")
-    p.add_argument("--max-steps", type=int, help="train.max_steps for the study and the trainings (default: params.yaml's)")
-    p.add_argument("--tuned", help='skip the study: train these -S values against the defaults, e.g. \'{"model.lstm_size": 512}\'')
+    p.add_argument(
+        "--max-steps", type=int, help="train.max_steps for the study and the trainings (default: params.yaml's)"
+    )
+    p.add_argument(
+        "--tuned", help="skip the study: train these -S values against the defaults, e.g. '{\"model.lstm_size\": 512}'"
+    )
     args = p.parse_args()
     if args.max_steps:
         os.environ[MAX_STEPS_ENV] = str(args.max_steps)  # the training processes read it too
@@ -152,8 +194,10 @@ def main() -> None:
         per_seed = ", ".join(f"{v:.4f}" for v in vals)
         seconds = ", ".join(f"{r['seconds']:.0f}" for r in mine)
         train_loss = statistics.mean(r["final_train_loss"] for r in mine)
-        print(f"| {label} {configs[label] or ''} | {per_seed} | {statistics.mean(vals):.4f} | "
-              f"{(max(vals) - min(vals)) / 2:.4f} | {train_loss:.3f} | {seconds} |")
+        print(
+            f"| {label} {configs[label] or ''} | {per_seed} | {statistics.mean(vals):.4f} | "
+            f"{(max(vals) - min(vals)) / 2:.4f} | {train_loss:.3f} | {seconds} |"
+        )
     fileio.write_text(args.out, json.dumps({"study": found, "runs": runs}, indent=1, default=str))
 
 

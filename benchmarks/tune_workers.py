@@ -46,9 +46,19 @@ def params_file(folder: Path, budget: int, threads: int) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["tracking"]["enabled"] = False
     raw["train"]["num_threads"] = threads
-    raw["tune"].update({"budget_chars": budget, "rungs": 2, "pruner": "none", "enqueue": [],
-                        "space": {"model.lstm_size": {"choices": [384]}, "model.num_layers": {"choices": [2]},
-                                  "model.dropout": {"low": 0.0, "high": 0.6}}})
+    raw["tune"].update(
+        {
+            "budget_chars": budget,
+            "rungs": 2,
+            "pruner": "none",
+            "enqueue": [],
+            "space": {
+                "model.lstm_size": {"choices": [384]},
+                "model.num_layers": {"choices": [2]},
+                "model.dropout": {"low": 0.0, "high": 0.6},
+            },
+        }
+    )
     path = folder / f"params-{threads}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -60,11 +70,32 @@ def run_variant(name: str, trials: int, budget: int, folder: Path, cap_s: float)
     env.pop("OMP_NUM_THREADS", None)  # train.num_threads decides
     load = os.getloadavg()
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "src.tune", "--params", str(params_file(folder, budget, threads)),
-                               "--storage", str(journal), "--study-name", "w", "--n-jobs", str(jobs),
-                               "--n-trials", str(round(trials * share)), "--no-progress"],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for jobs, threads, share in VARIANTS[name]]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "src.tune",
+                "--params",
+                str(params_file(folder, budget, threads)),
+                "--storage",
+                str(journal),
+                "--study-name",
+                "w",
+                "--n-jobs",
+                str(jobs),
+                "--n-trials",
+                str(round(trials * share)),
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for jobs, threads, share in VARIANTS[name]
+    ]
     capped, stopped = False, None
     for proc in procs:
         try:
@@ -82,8 +113,15 @@ def run_variant(name: str, trials: int, budget: int, folder: Path, cap_s: float)
     # from the first trial's start to the last one's end, or to the cap
     end = stopped if capped else max(t.datetime_complete for t in done)
     span = (end - start).total_seconds()
-    return {"trials": len(done), "span_s": span, "wall_s": wall, "per_hour": len(done) * 3600 / span,
-            "chars_per_s": sum(t.user_attrs["chars_trained"] for t in done) / span, "load": load, "capped": capped}
+    return {
+        "trials": len(done),
+        "span_s": span,
+        "wall_s": wall,
+        "per_hour": len(done) * 3600 / span,
+        "chars_per_s": sum(t.user_attrs["chars_trained"] for t in done) / span,
+        "load": load,
+        "capped": capped,
+    }
 
 
 def main() -> None:
@@ -97,16 +135,20 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            order = args.variants[r % len(args.variants):] + args.variants[: r % len(args.variants)]
+            order = args.variants[r % len(args.variants) :] + args.variants[: r % len(args.variants)]
             for name in order:
                 res = run_variant(name, args.trials, args.budget_chars, Path(tmp), args.cap_s)
                 results[name].append(res)
-                print(f"round {r + 1} {name}: {res['trials']} trials in {res['span_s']:.0f} s "
-                      f"({res['per_hour']:.0f}/h, {res['chars_per_s'] / 1000:.1f}k training chars/s), "
-                      f"wall {res['wall_s']:.0f} s{' (capped)' if res['capped'] else ''}, load before {res['load'][0]:.2f}",
-                      flush=True)
-    print(f"\n{args.trials} trials of {args.budget_chars:,} characters (2x384, whole-split final validation) "
-          f"per run, {os.cpu_count()} cores\n")
+                print(
+                    f"round {r + 1} {name}: {res['trials']} trials in {res['span_s']:.0f} s "
+                    f"({res['per_hour']:.0f}/h, {res['chars_per_s'] / 1000:.1f}k training chars/s), "
+                    f"wall {res['wall_s']:.0f} s{' (capped)' if res['capped'] else ''}, load before {res['load'][0]:.2f}",
+                    flush=True,
+                )
+    print(
+        f"\n{args.trials} trials of {args.budget_chars:,} characters (2x384, whole-split final validation) "
+        f"per run, {os.cpu_count()} cores\n"
+    )
     print("| workers | trials/hour (median) | per run | training chars/s (median) | load avg (1 min) before each run |")
     print("|---|---|---|---|---|")
     ref = statistics.median(r["per_hour"] for r in results[args.variants[0]])

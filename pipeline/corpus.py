@@ -21,7 +21,9 @@ def main() -> None:
     corpus.decode_utf8(raw, source)
     corpus.check_sha256(raw, cfg.sha256, source)
     fileio.write_bytes(CORPUS, raw)
-    print(f"corpus: {len(raw):,} bytes from {source} (sha256 {corpus.sha256(raw)[:16]}...) -> {CORPUS.relative_to(ROOT)}")
+    print(
+        f"corpus: {len(raw):,} bytes from {source} (sha256 {corpus.sha256(raw)[:16]}...) -> {CORPUS.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,11 @@ def main() -> None:
     fileio.write_json(METRICS / "eval.json", results)
     # eval_ keeps these apart from training's val_loss series, which they would otherwise extend.
     flat = {
-        f"eval_{split}_{k}": v for split, r in results.items() if isinstance(r, dict) for k, v in r.items() if k != "chars"
+        f"eval_{split}_{k}": v
+        for split, r in results.items()
+        if isinstance(r, dict)
+        for k, v in r.items()
+        if k != "chars"
     }
     tracking.log_to_run(
         payload.get("run_id"), tracking_uri(), metrics=flat, artifacts=[METRICS / "eval.json"], step=payload["step"]

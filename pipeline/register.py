@@ -24,18 +24,42 @@ def main() -> None:
         raise KarnnaError(f"{BEST} was trained with tracking off, so it has no MLflow run; rerun `dvc repro train`")
     scores = json.loads((METRICS / "eval.json").read_text())
     if scores.get("step") != payload["step"]:
-        raise KarnnaError(f"{METRICS / 'eval.json'} scores step {scores.get('step')}, not {BEST}'s {payload['step']}; "
-                          "run `dvc repro evaluate` first")
-    fingerprint = registry.data_fingerprint(corpus.sha256(CORPUS.read_bytes()), cfg.data.newline, cfg.data.max_chars,
-                                            cfg.split.val_fraction, cfg.split.test_fraction)
+        raise KarnnaError(
+            f"{METRICS / 'eval.json'} scores step {scores.get('step')}, not {BEST}'s {payload['step']}; "
+            "run `dvc repro evaluate` first"
+        )
+    fingerprint = registry.data_fingerprint(
+        corpus.sha256(CORPUS.read_bytes()),
+        cfg.data.newline,
+        cfg.data.max_chars,
+        cfg.split.val_fraction,
+        cfg.split.test_fraction,
+    )
     # sample.prime is known to be in the vocabulary; the other fields are fixed, so that a sample.*
     # change reruns the sample stage only.
     example = {"prime": cfg.sample.prime, "length": 50, "temperature": 1.0, "top_k": 5, "seed": 1234}
-    done = registry.register(tracking_uri(), payload["run_id"], BEST, payload["step"], scores["val"]["loss"],
-                             fingerprint, cfg.tracking.model_name, example)
-    fileio.write_json(REGISTRATION, {"registered": True, "model_name": done.model_name, "version": done.version,
-                                     "champion": done.champion, "score": done.score, "fingerprint": fingerprint,
-                                     "run_id": payload["run_id"]})
+    done = registry.register(
+        tracking_uri(),
+        payload["run_id"],
+        BEST,
+        payload["step"],
+        scores["val"]["loss"],
+        fingerprint,
+        cfg.tracking.model_name,
+        example,
+    )
+    fileio.write_json(
+        REGISTRATION,
+        {
+            "registered": True,
+            "model_name": done.model_name,
+            "version": done.version,
+            "champion": done.champion,
+            "score": done.score,
+            "fingerprint": fingerprint,
+            "run_id": payload["run_id"],
+        },
+    )
     print(f"register: {done.describe()}")
 
 

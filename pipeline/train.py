@@ -71,9 +71,7 @@ def main() -> None:
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, resume=resume)
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())
-        reporter.finish_training(
-            result, best=BEST, last=LAST, vocab=VOCAB, history=PLOTS, params_file=PARAMS
-        )
+        reporter.finish_training(result, best=BEST, last=LAST, vocab=VOCAB, history=PLOTS, params_file=PARAMS)
     print(
         f"train: best val {result.best_val_loss:.4f} nats at step {result.best_step}, "
         f"{result.steps} steps in {result.seconds:.0f} s ({result.chars_per_sec / 1000:.1f}k char/s)"

@@ -41,6 +41,7 @@ def save(
         "step": int(step),
         **(extra or {}),
     }
+
     def write(tmp: Path) -> None:
         torch.save(payload, tmp)
         if before_publish is not None:
@@ -80,9 +81,13 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab
         model = CharRNN(spec)
         load_weights(model, state_dict(payload), str(path))
     except (KeyError, TypeError) as exc:
-        raise KarnnaError(f"{path}: checkpoint does not match the model code ({str(exc).splitlines()[0][:160]}); retrain") from None
+        raise KarnnaError(
+            f"{path}: checkpoint does not match the model code ({str(exc).splitlines()[0][:160]}); retrain"
+        ) from None
     if spec.vocab_size != vocab.size:
-        raise KarnnaError(f"{path}: model has {spec.vocab_size} outputs but the vocabulary {vocab.size} characters; retrain")
+        raise KarnnaError(
+            f"{path}: model has {spec.vocab_size} outputs but the vocabulary {vocab.size} characters; retrain"
+        )
     return model.to(device).eval(), vocab, payload
 
 
@@ -92,7 +97,7 @@ def state_dict(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     weights = payload["state_dict"]
     if "cell" in payload["model"]:
         return weights
-    return {("rnn." + k[len("lstm."):] if k.startswith("lstm.") else k): v for k, v in weights.items()}
+    return {("rnn." + k[len("lstm.") :] if k.startswith("lstm.") else k): v for k, v in weights.items()}
 
 
 def check_vocab(checkpoint_vocab: Vocab, data_vocab: Vocab, path: Path) -> None:
@@ -100,7 +105,11 @@ def check_vocab(checkpoint_vocab: Vocab, data_vocab: Vocab, path: Path) -> None:
     same newline policy); ids from another one would be silently wrong."""
     if checkpoint_vocab != data_vocab:
         diff = sorted(set(checkpoint_vocab.chars) ^ set(data_vocab.chars))
-        what = f"characters differ: {diff[:8]!r}" if diff else f"newline policy {checkpoint_vocab.newline!r} vs {data_vocab.newline!r}"
+        what = (
+            f"characters differ: {diff[:8]!r}"
+            if diff
+            else f"newline policy {checkpoint_vocab.newline!r} vs {data_vocab.newline!r}"
+        )
         raise KarnnaError(
             f"{path}: trained with another vocabulary than data/vocab.json ({what}); "
             "retrain (`dvc repro train`) or restore the matching data"

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from src.errors import KarnnaError
 
@@ -149,7 +159,9 @@ class Config(Section):
 
     def flat(self) -> dict[str, Any]:
         """Every value under its dotted params.yaml name, e.g. {"train.lr": 0.003, ...}."""
-        return {f"{section}.{key}": value for section, values in self.model_dump().items() for key, value in values.items()}
+        return {
+            f"{section}.{key}": value for section, values in self.model_dump().items() for key, value in values.items()
+        }
 
 
 class Dimension(Section):
@@ -169,8 +181,7 @@ class Dimension(Section):
         if self.choices is not None:
             _check(not ranged and not self.log, "choices", self.choices, "either choices or low/high (log), not both")
             return self
-        _check(self.low is not None and self.high is not None, "low", self.low,
-               "choices: [...], or both low and high")
+        _check(self.low is not None and self.high is not None, "low", self.low, "choices: [...], or both low and high")
         _check(self.low < self.high, "high", self.high, f"above low ({self.low:g}): the range is empty or inverted")
         _check(not self.log or self.low > 0, "low", self.low, "above 0 on a log scale")
         return self
@@ -309,8 +320,10 @@ def _what(kind: str, value: Any, error: dict, expected: Optional[str]) -> str:
         return f"expected a string, {got}; quote it"
     if kind in ("float_type", "finite_number"):
         if kind == "float_type" and isinstance(value, str) and _looks_numeric(value):
-            return (f"expected a number, {got}; YAML reads {value} as a string because it has no dot in the"
-                    f" mantissa: write {_yaml_float(value)}")
+            return (
+                f"expected a number, {got}; YAML reads {value} as a string because it has no dot in the"
+                f" mantissa: write {_yaml_float(value)}"
+            )
         return f"expected a finite number, {got}" if kind == "finite_number" else f"expected a number, {got}"
     if kind == "list_type":
         return f"expected a list, e.g. [128, 256], {got}"

@@ -9,7 +9,9 @@ from typing import Any, Sequence
 from src import fileio
 
 
-def save_loss_figure(train_history: Sequence[tuple[int, float]], val_history: Sequence[tuple[int, float]], path: Path) -> None:
+def save_loss_figure(
+    train_history: Sequence[tuple[int, float]], val_history: Sequence[tuple[int, float]], path: Path
+) -> None:
     """Train and validation loss against the step on one PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 

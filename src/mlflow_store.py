@@ -48,7 +48,9 @@ def connect(uri: str) -> MlflowClient:
     elif scheme == "sqlite":
         db = sqlite_path(uri)
         if db is not None and not db.parent.is_dir():
-            raise KarnnaError(f"tracking store {uri}: folder {db.parent} does not exist; create it or fix MLFLOW_TRACKING_URI")
+            raise KarnnaError(
+                f"tracking store {uri}: folder {db.parent} does not exist; create it or fix MLFLOW_TRACKING_URI"
+            )
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -125,8 +125,10 @@ def load_weights(model: CharRNN, state_dict: dict[str, torch.Tensor], where: str
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise KarnnaError(f"{where}: the weights do not fit the model ({str(exc).splitlines()[0][:160]}); "
-                          "check model.* against the checkpoint, or retrain") from None
+        raise KarnnaError(
+            f"{where}: the weights do not fit the model ({str(exc).splitlines()[0][:160]}); "
+            "check model.* against the checkpoint, or retrain"
+        ) from None
 
 
 def dropout_mask(
@@ -164,9 +166,13 @@ def sizing_advice(n_params: int, train_chars: int) -> str:
     """Karpathy's reading of parameters versus characters (char-rnn README, "Best models strategy")."""
     ratio = n_params / train_chars
     if ratio > 10.0:
-        verdict = "an order of magnitude more parameters than characters: overfitting risk; raise dropout or shrink the model"
+        verdict = (
+            "an order of magnitude more parameters than characters: overfitting risk; raise dropout or shrink the model"
+        )
     elif ratio >= 0.1:
         verdict = "the same order of magnitude, as Karpathy advises; compare train and val loss to pick dropout"
     else:
-        verdict = "an order of magnitude fewer parameters than characters: underfitting risk; a larger model should help"
+        verdict = (
+            "an order of magnitude fewer parameters than characters: underfitting risk; a larger model should help"
+        )
     return f"{n_params:,} parameters for {train_chars:,} training characters ({ratio:.2f} per character): {verdict}"

@@ -69,15 +69,20 @@ class Registration:
         before = "no champion before" if self.previous is None else f"champion had {self.previous:.4f}"
         verdict = f"now @{CHAMPION}" if self.champion else f"@{CHAMPION} unchanged"
         again = "" if self.new else " (already registered)"
-        return (f"{self.model_name} version {self.version}{again}: fp32 val loss {self.score:.4f}, "
-                f"{verdict}; {before}")
+        return f"{self.model_name} version {self.version}{again}: fp32 val loss {self.score:.4f}, {verdict}; {before}"
 
 
-def data_fingerprint(corpus_sha256: str, newline: str, max_chars: Optional[int],
-                     val_fraction: float, test_fraction: float) -> str:
+def data_fingerprint(
+    corpus_sha256: str, newline: str, max_chars: Optional[int], val_fraction: float, test_fraction: float
+) -> str:
     """16 hex digits naming the validation data: equal fingerprints, comparable scores."""
-    facts = {"corpus_sha256": corpus_sha256, "newline": newline, "max_chars": max_chars,
-             "val_fraction": float(val_fraction), "test_fraction": float(test_fraction)}
+    facts = {
+        "corpus_sha256": corpus_sha256,
+        "newline": newline,
+        "max_chars": max_chars,
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+    }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -141,7 +146,9 @@ def name_for(client: MlflowClient, model_name: str, fingerprint: str) -> str:
             return name
         if held == fingerprint:
             return name
-    raise KarnnaError(f"registered model {name!r} holds data {held}, not {fingerprint}; set another tracking.model_name")
+    raise KarnnaError(
+        f"registered model {name!r} holds data {held}, not {fingerprint}; set another tracking.model_name"
+    )
 
 
 def decide_champion(client: MlflowClient, name: str) -> Optional[str]:
@@ -200,8 +207,9 @@ def _registration_key(run_id: str, checkpoint: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def save_served_model(path: Path, checkpoint: Path, input_example: Mapping[str, Any],
-                      mlflow_model: Optional[Model] = None) -> None:
+def save_served_model(
+    path: Path, checkpoint: Path, input_example: Mapping[str, Any], mlflow_model: Optional[Model] = None
+) -> None:
     """The served model in folder `path`, packaged from code: MODEL_CODE names the class, the
     weights-only checkpoint and its vocabulary are artifacts, src/ is the code. No pickle is
     written, so loading or serving it runs none."""
@@ -223,8 +231,9 @@ def save_served_model(path: Path, checkpoint: Path, input_example: Mapping[str, 
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _log_model(client: MlflowClient, experiment_id: str, run_id: str, checkpoint: Path, step: int,
-               input_example: Mapping[str, Any]):
+def _log_model(
+    client: MlflowClient, experiment_id: str, run_id: str, checkpoint: Path, step: int, input_example: Mapping[str, Any]
+):
     """The served model as a LoggedModel of the run.
 
     What mlflow.pyfunc.log_model does, with an explicit client in place of the fluent API's global
@@ -233,9 +242,17 @@ def _log_model(client: MlflowClient, experiment_id: str, run_id: str, checkpoint
     try:
         with tempfile.TemporaryDirectory(prefix="karnna-model-") as tmp:
             path = Path(tmp) / "model"
-            save_served_model(path, checkpoint, input_example,
-                              Model(artifact_path=logged.artifact_location, run_id=run_id,
-                                    model_uuid=logged.model_id, model_id=logged.model_id))
+            save_served_model(
+                path,
+                checkpoint,
+                input_example,
+                Model(
+                    artifact_path=logged.artifact_location,
+                    run_id=run_id,
+                    model_uuid=logged.model_id,
+                    model_id=logged.model_id,
+                ),
+            )
             client.log_model_artifacts(logged.model_id, str(path))
         client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
     except BaseException:

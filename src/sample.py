@@ -113,7 +113,13 @@ def _draw_one(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _draw(
-    model: CharRNN, prime_ids, length: int, k: int, temperature: float, seed: Optional[int], num_samples: int,
+    model: CharRNN,
+    prime_ids,
+    length: int,
+    k: int,
+    temperature: float,
+    seed: Optional[int],
+    num_samples: int,
     gemv: Optional[str] = None,
 ) -> torch.Tensor:
     """-> (num_samples, length) ids on the CPU."""
@@ -133,8 +139,16 @@ def _draw(
         return _loop(step, states, logits[:, -1], length, k, temperature, gen, draw_on)
 
 
-def _loop(step, states, last: torch.Tensor, length: int, k: int, temperature: float, gen: torch.Generator,
-          draw_on: torch.device) -> torch.Tensor:
+def _loop(
+    step,
+    states,
+    last: torch.Tensor,
+    length: int,
+    k: int,
+    temperature: float,
+    gen: torch.Generator,
+    draw_on: torch.device,
+) -> torch.Tensor:
     """-> (N, length) ids on the CPU: draw from `last`, step, repeat."""
     device = last.device
     out = []
@@ -161,7 +175,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=Path("models/best.pt"), help="default: %(default)s")
     p.add_argument("--prime", default=d.prime, help="text to start from (default: %(default)r)")
     p.add_argument("--length", type=int, default=d.length, help="new characters to write (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k likeliest; 0: all (default: %(default)s)")
+    p.add_argument(
+        "--top-k", type=int, default=d.top_k, help="sample among the k likeliest; 0: all (default: %(default)s)"
+    )
     p.add_argument("--temperature", type=float, default=d.temperature, help="default: %(default)s")
     p.add_argument("--seed", type=int, default=None, help="fix the random draws (default: a fresh seed)")
     p.add_argument("--greedy", action="store_true", help="always take the likeliest character (top-k 1)")
@@ -175,9 +191,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise KarnnaError(f"--top-k is {args.top_k}; use 0 (no cut), 1 (greedy) or more")
         model, vocab, _ = checkpoint.load(args.checkpoint, args.device)
         texts = generate(
-            model, vocab, args.prime, args.length,
+            model,
+            vocab,
+            args.prime,
+            args.length,
             top_k=1 if args.greedy else args.top_k,
-            temperature=args.temperature, seed=args.seed, num_samples=args.num_samples,
+            temperature=args.temperature,
+            seed=args.seed,
+            num_samples=args.num_samples,
         )
     except KarnnaError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,12 +24,17 @@ from src.config import Config, Dimension, TuneConfig, with_overrides
 from src.errors import KarnnaError
 
 # The seed notebook's configuration (2x512 LSTM, dropout 0.5, Adam at 1e-3, 100-character windows).
-SEED_RECIPE = {"model.cell": "lstm", "model.lstm_size": 512, "model.num_layers": 2, "model.dropout": 0.5, "train.lr": 1.0e-3,
-               "train.seq_len": 100}
+SEED_RECIPE = {
+    "model.cell": "lstm",
+    "model.lstm_size": 512,
+    "model.num_layers": 2,
+    "model.dropout": 0.5,
+    "train.lr": 1.0e-3,
+    "train.seq_len": 100,
+}
 
 # Set by every trial itself (the budget and the ladder): searching them would break the budget.
-NOT_SEARCHABLE = ("train.max_steps", "train.epochs", "train.eval_interval", "train.checkpoint_interval",
-                  "train.resume")
+NOT_SEARCHABLE = ("train.max_steps", "train.epochs", "train.eval_interval", "train.checkpoint_interval", "train.resume")
 
 
 def distribution(name: str, dim: Dimension, base: Config) -> BaseDistribution:
@@ -63,16 +68,19 @@ def check_space(space: TuneConfig, base: Config, source: str = "params.yaml") ->
     """Every entry names a params.yaml key a trial may change, and every value it can take is
     valid for that key (the schema's own bounds: dropout below 1, lstm_size positive, ...)."""
     if not space.space:
-        raise KarnnaError(f"{source}: tune.space is empty; add at least one dimension, e.g. "
-                          "model.dropout: {low: 0.0, high: 0.6}")
+        raise KarnnaError(
+            f"{source}: tune.space is empty; add at least one dimension, e.g. model.dropout: {{low: 0.0, high: 0.6}}"
+        )
     known = base.flat()
     for name, dim in space.space.items():
         where = f"{source}: tune.space.{name}"
         if name not in known:
             raise KarnnaError(f"{where}: not a params.yaml key; use a dotted key such as model.lstm_size")
         if name in NOT_SEARCHABLE:
-            raise KarnnaError(f"{where}: set by every trial (the budget and its ladder); "
-                              "search the budget with tune.budget_chars instead")
+            raise KarnnaError(
+                f"{where}: set by every trial (the budget and its ladder); "
+                "search the budget with tune.budget_chars instead"
+            )
         dist = distribution(name, dim, base)
         if isinstance(dist, IntDistribution) and (dim.low != dist.low or dim.high != dist.high):
             raise KarnnaError(f"{where}: {name} is an integer; write integer low and high")
@@ -114,8 +122,10 @@ def budget_chars(space: TuneConfig, base: Config) -> int:
         return space.budget_chars
     t = base.train
     if t.max_steps is None:
-        raise KarnnaError("params.yaml: train.max_steps is null, so the pipeline's budget depends on the epochs; "
-                          "set tune.budget_chars (training characters per trial) or train.max_steps")
+        raise KarnnaError(
+            "params.yaml: train.max_steps is null, so the pipeline's budget depends on the epochs; "
+            "set tune.budget_chars (training characters per trial) or train.max_steps"
+        )
     return t.max_steps * t.batch_size * t.seq_len
 
 
@@ -126,7 +136,8 @@ def trial_steps(cfg: Config, budget: int) -> int:
         raise KarnnaError(
             f"tune.budget_chars: {budget:,} characters is smaller than one batch "
             f"(train.batch_size {cfg.train.batch_size} x train.seq_len {cfg.train.seq_len} = {chars_per_step:,}); "
-            "raise it or use smaller batches")
+            "raise it or use smaller batches"
+        )
     return budget // chars_per_step
 
 

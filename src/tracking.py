@@ -47,11 +47,13 @@ class DatasetInfo:
         remote = urllib.parse.urlparse(self.source).scheme in ("http", "https")
         source = {"url": self.source} if remote else {"uri": Path(self.source).resolve().as_uri()}
         dataset = Dataset(
-            self.name, self.digest, "http" if remote else "local", json.dumps(source),
+            self.name,
+            self.digest,
+            "http" if remote else "local",
+            json.dumps(source),
             profile=json.dumps({"num_chars": self.chars}),
         )
         return DatasetInput(dataset, [InputTag("mlflow.data.context", self.context)])
-
 
 
 class MlflowReporter(Reporter):
@@ -137,6 +139,7 @@ class MlflowReporter(Reporter):
             figure = Path(tmp) / "loss_curve.png"
             save_loss_figure(result.train_history, result.val_history, figure)
             self.log_artifact(figure)
+
 
 # The final summary's chars_per_sec is the run's mean; the series of that name is per window.
 _FINAL_RENAMES = {"chars_per_sec": "mean_chars_per_sec"}
@@ -264,7 +267,9 @@ def log_to_run(
 STUDY_RUN_ATTR = "mlflow_parent_run_id"
 
 
-def study_run(base: Config, tracking_uri: Optional[str], study: Any, space: Optional[Mapping[str, Any]] = None) -> Optional[str]:
+def study_run(
+    base: Config, tracking_uri: Optional[str], study: Any, space: Optional[Mapping[str, Any]] = None
+) -> Optional[str]:
     """The id of the study's parent run, created on first use and shared by every worker.
 
     The id is kept as a user attribute of the Optuna study, so workers on other machines (same
@@ -276,11 +281,14 @@ def study_run(base: Config, tracking_uri: Optional[str], study: Any, space: Opti
     existing = study.user_attrs.get(STUDY_RUN_ATTR)
     if existing and _reopen(client, existing, exp_id) is not None:
         return existing
-    run = store_call(tracking_uri, lambda: client.create_run(
-        exp_id,
-        tags={"mlflow.source.name": "src.tune", "mlflow.source.type": "LOCAL", "optuna.study": study.study_name},
-        run_name=f"study-{study.study_name}",
-    ))
+    run = store_call(
+        tracking_uri,
+        lambda: client.create_run(
+            exp_id,
+            tags={"mlflow.source.name": "src.tune", "mlflow.source.type": "LOCAL", "optuna.study": study.study_name},
+            run_name=f"study-{study.study_name}",
+        ),
+    )
     run_id = run.info.run_id
     params = {**base.flat(), **{f"tune.{k}": v for k, v in (space or {}).items()}}
     client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
@@ -321,12 +329,16 @@ def set_tags(tracking_uri: Optional[str], run_id: Optional[str], tags: Mapping[s
     connect(tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
 
 
-def end_failed_run(tracking_uri: Optional[str], run_id: Optional[str], reason: str, tags: Optional[Mapping[str, Any]] = None) -> None:
+def end_failed_run(
+    tracking_uri: Optional[str], run_id: Optional[str], reason: str, tags: Optional[Mapping[str, Any]] = None
+) -> None:
     """End a run another process left RUNNING (killed outright): FAILED, `failure_reason` set."""
     if tracking_uri is None or run_id is None:
         return
     client = connect(tracking_uri)
-    client.log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in {**(tags or {}), "failure_reason": reason}.items()])
+    client.log_batch(
+        run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in {**(tags or {}), "failure_reason": reason}.items()]
+    )
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
@@ -335,4 +347,8 @@ def _param_value(value: Any) -> str:
 
 
 def _versions() -> dict[str, str]:
-    return {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__, "python_version": platform.python_version()}
+    return {
+        "torch_version": torch.__version__,
+        "mlflow_version": mlflow.__version__,
+        "python_version": platform.python_version(),
+    }

@@ -45,13 +45,24 @@ def _timeout_args(url: str) -> dict:
     return {"connect_timeout": CONNECT_TIMEOUT_S} if scheme.startswith(("postgresql", "mysql")) else {}
 
 
-def server_command(db: str, artifacts: str, host: str, port: int, workers: Optional[int], extra: list[str]) -> list[str]:
+def server_command(
+    db: str, artifacts: str, host: str, port: int, workers: Optional[int], extra: list[str]
+) -> list[str]:
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", db,
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        db,
         # Proxied artifacts: runs get mlflow-artifacts:/ URIs and upload through the server.
-        "--serve-artifacts", "--artifacts-destination", artifacts,
-        "--host", host, "--port", str(port),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        host,
+        "--port",
+        str(port),
     ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
@@ -66,13 +77,15 @@ def _artifact_destination(value: str) -> str:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise KarnnaError(f"--artifacts {value}: cannot create the folder ({exc.strerror}); choose a writable one") from None
+        raise KarnnaError(
+            f"--artifacts {value}: cannot create the folder ({exc.strerror}); choose a writable one"
+        ) from None
     return str(folder)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m src.tracking_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--db", required=True, help="backend store: postgresql://user:password@host[:port]/database")
@@ -88,8 +101,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cmd = server_command(args.db, artifacts, args.host, args.port, args.workers, extra)
-    print(f"tracking server: http://{args.host}:{args.port} (runs: {redact_url(args.db)}; artifacts: {artifacts})",
-          flush=True)
+    print(
+        f"tracking server: http://{args.host}:{args.port} (runs: {redact_url(args.db)}; artifacts: {artifacts})",
+        flush=True,
+    )
     os.execv(cmd[0], cmd)
     return 0  # not reached: the process is mlflow server now
 

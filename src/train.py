@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from src import checkpoint, data, evaluate, fileio
+from src.build import build_model, generators, init_weights, lr_factor, new_state  # noqa: F401 (the API)
 from src.config import Config
 from src.device import autocast, precision_name, resolve_device, resolve_precision
 from src.errors import KarnnaError
-from src.model import CharRNN, ModelSpec, State, count_params, detach, sizing_advice
+from src.model import CharRNN, State, count_params, detach, sizing_advice
 from src.report import EvalHook, Reporter
 from src.train_state import TrainPaths, TrainState, fingerprint
 from src.vocab import Vocab
@@ -78,48 +79,6 @@ class TrainResult:
             "precision": self.precision,
             "resumed_from": self.resumed_from,
         }
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, decay: str, min_ratio: float) -> float:
-    """Multiplier of train.lr at `step`: linear warmup, then constant or cosine down to min_lr."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if decay == "none":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_model(cfg: Config, vocab: Vocab, generator: Optional[torch.Generator] = None) -> CharRNN:
-    """The network, initialised from `generator` (torch's default initialisation, drawn from
-    the training's own generator rather than the process-wide one) when given."""
-    m = cfg.model
-    model = CharRNN(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout, m.cell))
-    if generator is not None:
-        init_weights(model, generator)
-    return model
-
-
-@torch.no_grad()
-def init_weights(model: CharRNN, generator: torch.Generator) -> None:
-    """What nn.Embedding, nn.LSTM / GRU / RNN and nn.Linear's reset_parameters draw, from `generator`."""
-    model.embed.weight.normal_(0.0, 1.0, generator=generator)
-    bound = 1.0 / math.sqrt(model.spec.lstm_size)
-    for weight in model.rnn.parameters():
-        weight.uniform_(-bound, bound, generator=generator)
-    torch.nn.init.kaiming_uniform_(model.head.weight, a=math.sqrt(5), generator=generator)
-    # the head's fan-in is lstm_size too: the same bound for its bias
-    model.head.bias.uniform_(-bound, bound, generator=generator)
-
-
-def generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """A training's own random streams: (initialisation, on the CPU; dropout, on `device`).
-
-    Nothing in a training draws from the process-wide generators, so trainings in threads side
-    by side (`python -m src.tune --n-jobs 2`) give each the numbers it gives alone."""
-    init = torch.Generator().manual_seed(seed)
-    drop = torch.Generator(device=device).manual_seed(seed + 1)
-    return init, drop
 
 
 def train_step(
@@ -233,8 +192,13 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
     improved = whole and loss < state.best_val
     if improved:
         state.best_val, state.best_step = loss, state.step
-        checkpoint.save(ctx.paths.best, state.model, ctx.vocab, state.step,
-                        {"run_id": state.run_id, "config": ctx.cfg.flat(), "val_loss": loss})
+        checkpoint.save(
+            ctx.paths.best,
+            state.model,
+            ctx.vocab,
+            state.step,
+            {"run_id": state.run_id, "config": ctx.cfg.flat(), "val_loss": loss},
+        )
     train_loss = state.train_history[-1][1] if state.train_history else math.nan
     ctx.say(
         f"step {state.step:>6}/{state.total_steps}  train {train_loss:.4f}  "
@@ -250,23 +214,14 @@ def save_last(ctx: TrainContext, state: TrainState) -> None:
     # here: a run resumed from it logs only the steps after it again, so nothing may be in flight.
     # Sent first and waited for just before the rename, the store's commit overlaps the writing.
     ctx.reporter.flush()
-    checkpoint.save(ctx.paths.last, state.model, ctx.vocab, state.step, state.to_payload(ctx.cfg.flat()),
-                    before_publish=ctx.reporter.wait)
-
-
-def new_state(cfg: Config, vocab: Vocab, total_steps: int, fp: dict[str, Any], device: torch.device,
-              run_id: Optional[str]) -> TrainState:
-    """A fresh run's state: the model initialised from the training's own generators."""
-    t = cfg.train
-    init_gen, model_gen = generators(t.seed, device)
-    model = build_model(cfg, vocab, init_gen).to(device)
-    model.generator = model_gen
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    min_ratio = t.min_lr / t.lr
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.lr_decay, min_ratio)
+    checkpoint.save(
+        ctx.paths.last,
+        state.model,
+        ctx.vocab,
+        state.step,
+        state.to_payload(ctx.cfg.flat()),
+        before_publish=ctx.reporter.wait,
     )
-    return TrainState(model, opt, sched, total_steps, fp, run_id=run_id)
 
 
 def train(
@@ -300,39 +255,94 @@ def train(
     grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
     val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
     if eval_chars is not None and not 2 <= eval_chars <= len(val):
-        raise KarnnaError(f"tune.eval_chars: {eval_chars:,} is not within the validation split's {len(val):,} "
-                          "characters; lower it or set it to null (the whole split)")
+        raise KarnnaError(
+            f"tune.eval_chars: {eval_chars:,} is not within the validation split's {len(val):,} "
+            "characters; lower it or set it to null (the whole split)"
+        )
     steps_per_epoch = data.num_windows(grid.size(1), t.seq_len)
     total_steps = min(t.epochs * steps_per_epoch, t.max_steps or math.inf)
     state = new_state(cfg, vocab, total_steps, fingerprint(cfg, train_ids, val_ids), device, reporter.run_id)
-    n_params = count_params(state.model)
-    log(f"model: {cfg.model.num_layers}x{cfg.model.lstm_size} {cfg.model.cell.upper()} on {device} ({precision_name(amp)})")
-    log(sizing_advice(n_params, len(train_ids)))
-    reporter.log_params({
-        "n_params": n_params, "vocab_size": vocab.size, "train_chars": len(train_ids), "val_chars": len(val_ids),
-        "params_per_char": round(n_params / len(train_ids), 4), "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps, "device": str(device), "precision": precision_name(amp),
-    })
+    n_params = _announce(cfg, vocab, state, reporter, log, (len(train_ids), len(val_ids)), steps_per_epoch, device, amp)
     if resume is not None:
         state.load_payload(resume)
     resumed_from = state.step
-    bar = tqdm(total=total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True,
-               mininterval=1.0)
-    ctx = TrainContext(cfg, vocab, paths, grid, val, amp, [reporter.on_eval, *on_eval],
-                       bar.write if progress else log, reporter, eval_steps, eval_chars)
+    bar = tqdm(
+        total=total_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=1.0
+    )
+    ctx = TrainContext(
+        cfg,
+        vocab,
+        paths,
+        grid,
+        val,
+        amp,
+        [reporter.on_eval, *on_eval],
+        bar.write if progress else log,
+        reporter,
+        eval_steps,
+        eval_chars,
+    )
     start = time.perf_counter()
     try:
         chars = run_steps(ctx, state, LossLog(cfg, reporter), bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    tail = [loss for _, loss in state.train_history[-max(1, min(100, steps_per_epoch)):]]
+    return _result(
+        state,
+        grid,
+        steps_per_epoch,
+        seconds,
+        chars,
+        n_params,
+        (len(train_ids), len(val_ids)),
+        device,
+        amp,
+        resumed_from,
+    )
+
+
+def _announce(cfg, vocab, state, reporter, log, split_chars, steps_per_epoch, device, amp) -> int:
+    """Say what is trained (and Karpathy's reading of its size), log it as params; -> n_params."""
+    n_params = count_params(state.model)
+    m = cfg.model
+    log(f"model: {m.num_layers}x{m.lstm_size} {m.cell.upper()} on {device} ({precision_name(amp)})")
+    log(sizing_advice(n_params, split_chars[0]))
+    reporter.log_params(
+        {
+            "n_params": n_params,
+            "vocab_size": vocab.size,
+            "train_chars": split_chars[0],
+            "val_chars": split_chars[1],
+            "params_per_char": round(n_params / split_chars[0], 4),
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": state.total_steps,
+            "device": str(device),
+            "precision": precision_name(amp),
+        }
+    )
+    return n_params
+
+
+def _result(state, grid, steps_per_epoch, seconds, chars, n_params, split_chars, device, amp, resumed_from):
+    """The TrainResult of a finished (or resumed and finished) run."""
+    tail = [loss for _, loss in state.train_history[-max(1, min(100, steps_per_epoch)) :]]
     return TrainResult(
-        best_val_loss=state.best_val, best_step=state.best_step, steps=state.step,
-        epochs=state.chars_seen / (grid.size(0) * (grid.size(1) - 1)), seconds=seconds,
-        chars_per_sec=chars / max(seconds, 1e-9), final_train_loss=float(np.mean(tail)), n_params=n_params,
-        train_chars=len(train_ids), val_chars=len(val_ids), device=str(device), precision=precision_name(amp),
-        resumed_from=resumed_from, train_history=state.train_history, val_history=state.val_history,
+        best_val_loss=state.best_val,
+        best_step=state.best_step,
+        steps=state.step,
+        epochs=state.chars_seen / (grid.size(0) * (grid.size(1) - 1)),
+        seconds=seconds,
+        chars_per_sec=chars / max(seconds, 1e-9),
+        final_train_loss=float(np.mean(tail)),
+        n_params=n_params,
+        train_chars=split_chars[0],
+        val_chars=split_chars[1],
+        device=str(device),
+        precision=precision_name(amp),
+        resumed_from=resumed_from,
+        train_history=state.train_history,
+        val_history=state.val_history,
     )
 
 

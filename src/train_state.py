@@ -68,7 +68,9 @@ def plan_resume(
             raise KarnnaError(f"{paths.last} holds a finished run, nothing to resume; set train.resume: auto or never")
         return None
     expected = fingerprint(cfg, train_ids, val_ids)
-    changed = sorted(k for k in set(expected) | set(state["fingerprint"]) if expected.get(k) != state["fingerprint"].get(k))
+    changed = sorted(
+        k for k in set(expected) | set(state["fingerprint"]) if expected.get(k) != state["fingerprint"].get(k)
+    )
     if changed:
         what = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {expected.get(k)!r}" for k in changed[:4])
         if mode == "require":

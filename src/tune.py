@@ -30,13 +30,14 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from src import fileio, space as search, tracking
+from src import fileio, tracking
+from src import space as search
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
 from src.errors import KarnnaError
-from src.errors import redact_url as _redact
 from src.figures import study_figures
 from src.model import count_params
+from src.study_storage import lost_trial_callback, storage_for
 from src.train import TrainPaths, build_model, train
 from src.tune_results import best_trials_table, write_best
 from src.vocab import Vocab
@@ -44,57 +45,6 @@ from src.vocab import Vocab
 # The objective as optuna-dashboard and Optuna's plots name it.
 METRIC_NAME = "val loss (nats/char)"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def storage_for(
-    url: Optional[str],
-    default_journal: Path,
-    heartbeat: int = 60,
-    on_lost: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
-) -> optuna.storages.BaseStorage | str:
-    """An Optuna storage: a URL as given (e.g. postgresql://...), or the journal file.
-
-    The journal file (not SQLite) is the default because SQLite's locking breaks under several
-    writer processes, while the journal appends with a file lock. In a database, each running
-    trial beats every `heartbeat` seconds; a trial silent for three beats (its worker was killed
-    or its machine lost) is marked FAIL by the next worker that starts a trial, which calls
-    `on_lost` for it."""
-    if url:
-        if url.startswith(("postgresql", "mysql", "sqlite")):
-            try:
-                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                                      heartbeat_stale_trial_callback=on_lost)
-            except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
-                raise KarnnaError(
-                    f"cannot open the study storage {_redact(url)}: {str(exc).splitlines()[0][:200]}; "
-                    "check the URL, that the server is running and reachable, and the driver (psycopg) is installed"
-                ) from None
-        if url.endswith(".log") or url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            return _journal(path)
-        raise KarnnaError(f"--storage {url!r}: expected postgresql://, mysql://, sqlite:/// or a journal file ending in .log")
-    return _journal(default_journal)
-
-
-def _journal(path: Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    """Ends the MLflow run of a trial whose worker stopped beating: FAILED, with the reason."""
-
-    def on_lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        worker = trial.user_attrs.get("worker", "its worker")
-        tracking.end_failed_run(tracking_uri, trial.user_attrs.get("mlflow_run_id"),
-                                f"worker lost: no heartbeat from {worker}", {"optuna.state": "FAIL"})
-        print(f"trial {trial.number}: marked failed, no heartbeat from {worker}", file=sys.stderr)
-
-    return on_lost
 
 
 def make_pruner(name: str, space: TuneConfig) -> optuna.pruners.BasePruner:
@@ -138,6 +88,21 @@ class StudyData:
     val_ids: np.ndarray
 
 
+def _size_trial(trial, base, cfg, params, steps, space: TuneConfig, study_data: StudyData) -> int:
+    """Record the trial's size and its pipeline overrides; skip it (pruned) when it is larger than
+    tune.max_params_per_char allows. -> its parameter count."""
+    n_params = count_params(build_model(cfg, study_data.vocab))
+    ratio = n_params / len(study_data.train_ids)
+    trial.set_user_attr("n_params", n_params)
+    trial.set_user_attr("params_per_char", round(ratio, 4))
+    trial.set_user_attr("pipeline_overrides", search.pipeline_overrides(base, params, steps, len(study_data.train_ids)))
+    if space.max_params_per_char is not None and ratio > space.max_params_per_char:
+        reason = f"skipped: {ratio:.2f} params per character > tune.max_params_per_char {space.max_params_per_char:g}"
+        trial.set_user_attr("skipped", reason)
+        raise optuna.TrialPruned(reason)
+    return n_params
+
+
 def objective_for(
     base: Config,
     space: TuneConfig,
@@ -153,32 +118,41 @@ def objective_for(
         steps = search.trial_steps(with_overrides(base, params, "trial"), budget)
         rungs = search.ladder(steps, space.rungs, space.reduction_factor)
         cfg = search.trial_config(base, params, steps)
-        n_params = count_params(build_model(cfg, study_data.vocab))
-        ratio = n_params / len(study_data.train_ids)
-        trial.set_user_attr("n_params", n_params)
-        trial.set_user_attr("params_per_char", round(ratio, 4))
-        trial.set_user_attr("pipeline_overrides",
-                            search.pipeline_overrides(base, params, steps, len(study_data.train_ids)))
-        if space.max_params_per_char is not None and ratio > space.max_params_per_char:
-            reason = f"skipped: {ratio:.2f} params per character > tune.max_params_per_char {space.max_params_per_char:g}"
-            trial.set_user_attr("skipped", reason)
-            raise optuna.TrialPruned(reason)
+        n_params = _size_trial(trial, base, cfg, params, steps, space, study_data)
         chars_per_step = cfg.train.batch_size * cfg.train.seq_len
         # Which machine and process ran it: the trail when a worker is lost.
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         context = {"optuna_trial": trial.number, "optuna_study": trial.study.study_name}
         run_id, pruning = None, None
         try:
-            with tempfile.TemporaryDirectory(prefix=f"karnna-trial-{trial.number}-") as tmp, \
-                    tracking.start_training_run(cfg, tracking_uri, context, parent_run_id=parent_run_id,
-                                                run_name=f"trial-{trial.number}", stops=(optuna.TrialPruned,)) as inner:
+            with (
+                tempfile.TemporaryDirectory(prefix=f"karnna-trial-{trial.number}-") as tmp,
+                tracking.start_training_run(
+                    cfg,
+                    tracking_uri,
+                    context,
+                    parent_run_id=parent_run_id,
+                    run_name=f"trial-{trial.number}",
+                    stops=(optuna.TrialPruned,),
+                ) as inner,
+            ):
                 run_id = inner.run_id
                 trial.set_user_attr("mlflow_run_id", run_id)
                 pruning = PruneOnEval(trial, rungs)
                 paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
-                result = train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids, paths,
-                               reporter=inner, progress=False, log=lambda _: None, on_eval=[pruning],
-                               eval_steps=rungs, eval_chars=space.eval_chars)
+                result = train(
+                    cfg,
+                    study_data.vocab,
+                    study_data.train_ids,
+                    study_data.val_ids,
+                    paths,
+                    reporter=inner,
+                    progress=False,
+                    log=lambda _: None,
+                    on_eval=[pruning],
+                    eval_steps=rungs,
+                    eval_chars=space.eval_chars,
+                )
                 final = result.val_history[-1][1]  # the whole split, at the end of the budget
                 inner.log_metrics({"final_val_loss": final, "n_params": n_params}, result.steps)
         except optuna.TrialPruned:
@@ -213,8 +187,10 @@ def check_study(base: Config, space: TuneConfig, study_data: StudyData) -> int:
             largest[name] = max(dim.choices) if dim.choices is not None else int(dim.high)
     search.trial_steps(with_overrides(base, largest, "tune.space"), budget)
     if space.eval_chars is not None and space.eval_chars > len(study_data.val_ids):
-        raise KarnnaError(f"tune.eval_chars: {space.eval_chars:,} is longer than the validation split "
-                          f"({len(study_data.val_ids):,} characters); lower it or set it to null (the whole split)")
+        raise KarnnaError(
+            f"tune.eval_chars: {space.eval_chars:,} is longer than the validation split "
+            f"({len(study_data.val_ids):,} characters); lower it or set it to null (the whole split)"
+        )
     return budget
 
 
@@ -250,8 +226,11 @@ def run_study(
             study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
     parent_run_id = tracking.study_run(base, tracking_uri, study, space=_flat_space(space))
     before = sum(t.state.is_finished() for t in study.trials)
-    log(f"study {space.study_name!r}: {before} trials finished so far; running {n_trials or 'unlimited'} more"
-        + (f" for up to {timeout:.0f} s" if timeout else "") + f"; {budget:,} training characters per full trial")
+    log(
+        f"study {space.study_name!r}: {before} trials finished so far; running {n_trials or 'unlimited'} more"
+        + (f" for up to {timeout:.0f} s" if timeout else "")
+        + f"; {budget:,} training characters per full trial"
+    )
 
     bar = tqdm(total=n_trials, disable=not progress, unit="trial", dynamic_ncols=True)
     lock = threading.Lock()
@@ -267,8 +246,9 @@ def run_study(
 
     objective = objective_for(base, space, study_data, tracking_uri, parent_run_id, log)
     with _quiet_optuna():
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs,
-                       catch=(Exception,), callbacks=[on_trial_end])
+        study.optimize(
+            objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, catch=(Exception,), callbacks=[on_trial_end]
+        )
     bar.close()
     return study
 
@@ -306,22 +286,51 @@ def threads_per_trial(num_threads: int, n_jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // n_jobs)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _finish_study_run(base: Config, uri: str, study: optuna.Study, best: dict[str, Any]) -> None:
+    """The study's parent run: trial counts, the best loss, Optuna's plots, best_params.yaml."""
+    states = [t.state for t in study.trials]
+    counts = {f"trials_{s.name.lower()}": states.count(s) for s in optuna.trial.TrialState if s.is_finished()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracking.finish_study_run(
+            base,
+            uri,
+            study.user_attrs.get(tracking.STUDY_RUN_ATTR),
+            {"best_val_loss": best["val_loss"], **counts},
+            study_figures(study, Path(tmp)),
+            [ROOT / "tune" / "best_params.yaml"],
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m src.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--n-trials", type=int, help="trials this worker runs (default: tune.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--n-jobs", type=int, default=None,
-                   help="trials in parallel threads of this process, the cores split between them "
-                        "(default: one per core on CPU, 1 on a GPU)")
-    p.add_argument("--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)")
+    p.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="trials in parallel threads of this process, the cores split between them "
+        "(default: one per core on CPU, 1 on a GPU)",
+    )
+    p.add_argument(
+        "--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)"
+    )
     p.add_argument("--study-name", help="default: tune.study_name")
     p.add_argument("--pruner", choices=["halving", "hyperband", "median", "none"], help="default: tune.pruner")
     p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="default: params.yaml")
-    p.add_argument("--heartbeat", type=int, default=60,
-                   help="seconds between a running trial's heartbeats in a database storage (default 60); "
-                        "a trial silent for three is marked failed")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between a running trial's heartbeats in a database storage (default 60); "
+        "a trial silent for three is marked failed",
+    )
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         raw = fileio.read_params(args.params)
         base = config_from_dict(raw, args.params.name)
@@ -337,18 +346,32 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name in ("train.npy", "val.npy"):
             if not (split_dir / name).is_file():
                 raise KarnnaError(f"{split_dir / name}: missing; run `dvc repro split` first")
-        study_data = StudyData(Vocab.load(vocab_path), fileio.read_npy(split_dir / "train.npy"),
-                               fileio.read_npy(split_dir / "val.npy"))
+        study_data = StudyData(
+            Vocab.load(vocab_path), fileio.read_npy(split_dir / "train.npy"), fileio.read_npy(split_dir / "val.npy")
+        )
         # As the stages do (pipeline/common.py), without importing them: src/ sits below pipeline/.
-        uri = (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}") if base.tracking.enabled else None
+        uri = (
+            (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}")
+            if base.tracking.enabled
+            else None
+        )
         if uri:
             tracking.connect(uri)  # an unreachable tracking server fails here, before any trial
         if args.heartbeat < 1:
             raise KarnnaError(f"--heartbeat is {args.heartbeat}; use 1 second or more")
         storage = storage_for(space.storage, ROOT / "tune" / "journal.log", args.heartbeat, lost_trial_callback(uri))
         n_trials = args.n_trials if args.n_trials is not None else (None if args.timeout else space.n_trials)
-        study = run_study(base, space, study_data, storage, n_trials=n_trials, timeout=args.timeout,
-                          n_jobs=n_jobs, tracking_uri=uri, progress=not args.no_progress)
+        study = run_study(
+            base,
+            space,
+            study_data,
+            storage,
+            n_trials=n_trials,
+            timeout=args.timeout,
+            n_jobs=n_jobs,
+            tracking_uri=uri,
+            progress=not args.no_progress,
+        )
         print(best_trials_table(study))
         best = write_best(study, ROOT / "tune" / "best_params.yaml")
         if best is None:
@@ -357,12 +380,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"best: trial {best['trial']}, val loss {best['val_loss']:.4f} -> tune/best_params.yaml")
         print(f"train it through the pipeline:\n  {best['command']}")
         if uri:
-            states = [t.state for t in study.trials]
-            counts = {f"trials_{s.name.lower()}": states.count(s) for s in optuna.trial.TrialState if s.is_finished()}
-            with tempfile.TemporaryDirectory() as tmp:
-                tracking.finish_study_run(base, uri, study.user_attrs.get(tracking.STUDY_RUN_ATTR),
-                                          {"best_val_loss": best["val_loss"], **counts},
-                                          study_figures(study, Path(tmp)), [ROOT / "tune" / "best_params.yaml"])
+            _finish_study_run(base, uri, study, best)
     except KarnnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

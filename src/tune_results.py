@@ -25,11 +25,16 @@ def best_trials_table(study: optuna.Study, top: int = 10) -> str:
         # a pruned trial's value is its last report (Optuna's), from the validation on the prefix
         value = t.value if t.value is not None else (list(t.intermediate_values.values()) or [float("nan")])[-1]
         mark = "" if t.state == optuna.trial.TrialState.COMPLETE else "*"
-        rows.append(f"{t.number:>5}  {t.state.name.lower():<8} {value:>8.4f}{mark or ' '} "
-                    f"{t.user_attrs.get('chars_trained', 0):>11,}  {t.user_attrs.get('n_params', 0):>10,}  {params}{label}")
+        rows.append(
+            f"{t.number:>5}  {t.state.name.lower():<8} {value:>8.4f}{mark or ' '} "
+            f"{t.user_attrs.get('chars_trained', 0):>11,}  {t.user_attrs.get('n_params', 0):>10,}  {params}{label}"
+        )
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState if s.is_finished()}
-    rows.append("trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())
-                + "  (* a pruned trial's last validation, on tune.eval_chars characters)")
+    rows.append(
+        "trials: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+        + "  (* a pruned trial's last validation, on tune.eval_chars characters)"
+    )
     return "\n".join(rows)
 
 

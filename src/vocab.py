@@ -59,9 +59,13 @@ class Vocab:
             chars = tuple(d["chars"])
             newline = d["newline"]
         except (KeyError, TypeError):
-            raise KarnnaError(f"{source}: not a karnna vocabulary (needs 'chars' and 'newline'); rerun the encode stage") from None
+            raise KarnnaError(
+                f"{source}: not a karnna vocabulary (needs 'chars' and 'newline'); rerun the encode stage"
+            ) from None
         if list(chars) != sorted(set(chars)) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
-            raise KarnnaError(f"{source}: 'chars' must be distinct single characters in code-point order; rerun the encode stage")
+            raise KarnnaError(
+                f"{source}: 'chars' must be distinct single characters in code-point order; rerun the encode stage"
+            )
         return cls(chars=chars, newline=newline)
 
     def save(self, path: Path) -> None:

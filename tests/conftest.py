@@ -41,8 +41,15 @@ def tiny_params(**overrides: dict) -> dict:
         "split": {"val_fraction": 0.2},
         "model": {"embedding_dim": 8, "lstm_size": 32, "num_layers": 2, "dropout": 0.0},
         "train": {
-            "batch_size": 4, "seq_len": 16, "lr": 1.0e-2, "epochs": 2, "max_steps": 30,
-            "eval_interval": 10, "device": "cpu", "precision": "fp32", "log_interval": 5,
+            "batch_size": 4,
+            "seq_len": 16,
+            "lr": 1.0e-2,
+            "epochs": 2,
+            "max_steps": 30,
+            "eval_interval": 10,
+            "device": "cpu",
+            "precision": "fp32",
+            "log_interval": 5,
         },
         "evaluate": {"rows": 4, "chunk_len": 32},
         "sample": {"length": 50},
@@ -137,5 +144,3 @@ def stage_repo(tmp_path) -> Path:
         params[section].update(values)
     write_params(root, params)
     return root
-
-

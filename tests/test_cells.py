@@ -20,10 +20,19 @@ QUIET = {"progress": False, "log": lambda _: None}
 
 
 def _cfg(cell: str, **train):
-    return config_from_dict(tiny_params(
-        model={"cell": cell, "dropout": 0.3},
-        train={"max_steps": 40, "checkpoint_interval": 10, "eval_interval": 20, "epochs": 5, "log_interval": 1, **train},
-    ))
+    return config_from_dict(
+        tiny_params(
+            model={"cell": cell, "dropout": 0.3},
+            train={
+                "max_steps": 40,
+                "checkpoint_interval": 10,
+                "eval_interval": 20,
+                "epochs": 5,
+                "log_interval": 1,
+                **train,
+            },
+        )
+    )
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -43,8 +52,9 @@ def test_each_cell_trains_resumes_exactly_and_reloads(tmp_path, tiny_data, cell)
     assert resumed.train_history == full.train_history and resumed.val_history == full.val_history
 
     model, _, saved = checkpoint.load(paths.best)
-    assert model.spec.cell == cell and isinstance(model.rnn, {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU,
-                                                              "rnn": torch.nn.RNN}[cell])
+    assert model.spec.cell == cell and isinstance(
+        model.rnn, {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    )
     # the evaluate stage's score of the best checkpoint is the validation loss training saw (fp32)
     loss = evaluate.stream_loss(model, torch.from_numpy(va.astype("int64")), cfg.evaluate.rows, cfg.evaluate.chunk_len)
     assert loss == pytest.approx(saved["val_loss"], rel=1e-5) and loss == pytest.approx(full.best_val_loss, rel=1e-5)

@@ -51,7 +51,10 @@ def test_defaults_when_sections_are_missing():
         ({"train": {"lr": float("inf")}}, r"train\.lr: expected a finite number"),
         ({"sample": {"prime": 7}}, r"sample\.prime: expected a string, got integer 7; quote it"),
         ({"data": {"sha256": "abc"}}, r"data\.sha256: 'abc' is out of range; expected 64 hex digits"),
-        ({"split": {"val_fraction": 0.5, "test_fraction": 0.45}}, r"split\.val_fraction \+ test_fraction: .*under 0\.9"),
+        (
+            {"split": {"val_fraction": 0.5, "test_fraction": 0.45}},
+            r"split\.val_fraction \+ test_fraction: .*under 0\.9",
+        ),
         ({"train": {"max_steps": 0}}, r"train\.max_steps: 0 is out of range; expected a positive integer or null"),
     ],
 )
@@ -76,15 +79,31 @@ def test_flat_names_are_the_params_yaml_paths():
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ({"space": {"model.dropout": {"low": 0.5, "high": 0.2}}},
-         r"tune\.space\.model\.dropout\.high: 0\.2 is out of range; expected above low \(0\.5\): the range is empty or inverted"),
-        ({"space": {"model.dropout": {"low": 0.3, "high": 0.3}}}, r"tune\.space\.model\.dropout\.high: .*empty or inverted"),
+        (
+            {"space": {"model.dropout": {"low": 0.5, "high": 0.2}}},
+            r"tune\.space\.model\.dropout\.high: 0\.2 is out of range; expected above low \(0\.5\): the range is empty or inverted",
+        ),
+        (
+            {"space": {"model.dropout": {"low": 0.3, "high": 0.3}}},
+            r"tune\.space\.model\.dropout\.high: .*empty or inverted",
+        ),
         ({"space": {"model.dropout": {"low": 0.3}}}, r"tune\.space\.model\.dropout\.low: .*both low and high"),
-        ({"space": {"model.lstm_size": {"choices": []}}}, r"tune\.space\.model\.lstm_size\.choices: \[\] .*non-empty list"),
-        ({"space": {"train.lr": {"low": "1e-3", "high": 1.0e-2}}},
-         r"tune\.space\.train\.lr\.low: expected a number, got string '1e-3'.*write 1\.0e-3"),
-        ({"space": {"train.lr": {"low": 0.0, "high": 1.0e-2, "log": True}}}, r"tune\.space\.train\.lr\.low: .*above 0 on a log"),
-        ({"space": {"model.dropout": {"lo": 0.1}}}, r"tune\.space\.model\.dropout\.lo: unknown key .*choices, low, high, log"),
+        (
+            {"space": {"model.lstm_size": {"choices": []}}},
+            r"tune\.space\.model\.lstm_size\.choices: \[\] .*non-empty list",
+        ),
+        (
+            {"space": {"train.lr": {"low": "1e-3", "high": 1.0e-2}}},
+            r"tune\.space\.train\.lr\.low: expected a number, got string '1e-3'.*write 1\.0e-3",
+        ),
+        (
+            {"space": {"train.lr": {"low": 0.0, "high": 1.0e-2, "log": True}}},
+            r"tune\.space\.train\.lr\.low: .*above 0 on a log",
+        ),
+        (
+            {"space": {"model.dropout": {"lo": 0.1}}},
+            r"tune\.space\.model\.dropout\.lo: unknown key .*choices, low, high, log",
+        ),
         ({"pruner": "random"}, r"tune\.pruner: 'random' is not one of 'halving' \| 'hyperband' \| 'median' \| 'none'"),
         ({"budget_chars": 0}, r"tune\.budget_chars: 0 is out of range; expected a positive integer or null"),
         ({"eval_chars": 1}, r"tune\.eval_chars: 1 is out of range"),

@@ -33,7 +33,10 @@ def test_embedding_model_is_the_seeds_one_hot_model():
     targets = torch.from_numpy(y.astype(np.int64)).flatten()
     logits, _ = model(torch.from_numpy(x.astype(np.int64)))
     seed_logits, _ = seed(one_hot(x, 20), seed.zero_state(4))
-    loss, seed_loss = F.cross_entropy(logits.flatten(0, 1), targets), F.cross_entropy(seed_logits.flatten(0, 1), targets)
+    loss, seed_loss = (
+        F.cross_entropy(logits.flatten(0, 1), targets),
+        F.cross_entropy(seed_logits.flatten(0, 1), targets),
+    )
     loss.backward()
     seed_loss.backward()
     assert torch.allclose(loss, seed_loss, atol=1e-6)
@@ -240,7 +243,8 @@ def test_cpu_dropout_path_drops_and_scales_like_f_dropout():
     with torch.no_grad():
         torch.manual_seed(7)
         ours = torch.stack([model(x)[0] for _ in range(100)])
-        fused = torch.stack([model.head(F.dropout(model.rnn(model.embed(x.t()))[0], 0.5)).transpose(0, 1)
-                             for _ in range(100)])
+        fused = torch.stack(
+            [model.head(F.dropout(model.rnn(model.embed(x.t()))[0], 0.5)).transpose(0, 1) for _ in range(100)]
+        )
     assert (ours.mean(0) - fused.mean(0)).abs().mean() < 0.1 * fused.mean(0).abs().mean()
     assert 0.9 < ours.std(0).mean() / fused.std(0).mean() < 1.1

@@ -54,6 +54,6 @@ def test_initialisation_comes_from_the_given_generator(tiny_data):
         assert torch.equal(pa, pb), name
         assert not torch.equal(pa, pc), name
     # torch's default scales: the embedding N(0, 1), the LSTM and head within 1/sqrt(H)
-    bound = 1 / cfg.model.lstm_size ** 0.5
+    bound = 1 / cfg.model.lstm_size**0.5
     assert 0.8 < a.embed.weight.std() < 1.2
     assert a.rnn.weight_hh_l0.abs().max() <= bound and a.head.bias.abs().max() <= bound

@@ -30,9 +30,19 @@ def ran_stages(output: str) -> list[str]:
 @pytest.mark.slow
 def test_repro_end_to_end(repo):
     first = sh(repo, "dvc", "repro")
-    assert sorted(ran_stages(first.stdout)) == sorted(["corpus", "encode", "split", "train", "evaluate", "sample", "register"])
-    for path in ("data/vocab.json", "data/encoded.npy", "data/split/train.npy", "models/best.pt",
-                 "models/last.pt", "plots/train_loss.csv", "plots/val_loss.csv", "samples/sample.txt"):
+    assert sorted(ran_stages(first.stdout)) == sorted(
+        ["corpus", "encode", "split", "train", "evaluate", "sample", "register"]
+    )
+    for path in (
+        "data/vocab.json",
+        "data/encoded.npy",
+        "data/split/train.npy",
+        "models/best.pt",
+        "models/last.pt",
+        "plots/train_loss.csv",
+        "plots/val_loss.csv",
+        "samples/sample.txt",
+    ):
         assert (repo / path).is_file(), path
     scores = json.loads((repo / "metrics/eval.json").read_text())
     assert 0 < scores["val"]["loss"] < 5 and scores["val"]["bpc"] > scores["val"]["loss"]

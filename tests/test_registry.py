@@ -92,11 +92,14 @@ def test_concurrent_decisions_end_on_one_champion(uri, corpus, tmp_path, monkeyp
     results = {}
 
     def register(i, score):
-        results[i] = registry.register(uri, runs[i], tmp_path / f"r{i}" / "best.pt", 20, score, "race-data", "race2",
-                                       {"prime": "Happy"})
+        results[i] = registry.register(
+            uri, runs[i], tmp_path / f"r{i}" / "best.pt", 20, score, "race-data", "race2", {"prime": "Happy"}
+        )
 
-    threads = [threading.Thread(target=register, args=(0, 2.0), name="worse"),
-               threading.Thread(target=register, args=(1, 1.0), name="better")]
+    threads = [
+        threading.Thread(target=register, args=(0, 2.0), name="worse"),
+        threading.Thread(target=register, args=(1, 1.0), name="better"),
+    ]
     threads[0].start()
     time.sleep(0.3)
     threads[1].start()
@@ -110,8 +113,14 @@ def test_register_stage_with_tracking_off_does_nothing(stage_repo):
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
     assert params["tracking"]["enabled"] is False
     write_params(stage_repo, params)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.register"], cwd=stage_repo, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.register"],
+        cwd=stage_repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nothing registered" in proc.stdout
     assert json.loads((stage_repo / "models" / "registration.json").read_text())["registered"] is False
@@ -122,6 +131,11 @@ def test_fingerprint_names_the_validation_data():
     base = dict(corpus_sha256="0" * 64, newline="lf", max_chars=None, val_fraction=0.1, test_fraction=0.0)
     same = registry.data_fingerprint(**base)
     assert registry.data_fingerprint(**base) == same
-    for change in ({"corpus_sha256": "1" * 64}, {"newline": "keep"}, {"max_chars": 1000},
-                   {"val_fraction": 0.2}, {"test_fraction": 0.1}):
+    for change in (
+        {"corpus_sha256": "1" * 64},
+        {"newline": "keep"},
+        {"max_chars": 1000},
+        {"val_fraction": 0.2},
+        {"test_fraction": 0.1},
+    ):
         assert registry.data_fingerprint(**{**base, **change}) != same, change

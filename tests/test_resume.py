@@ -21,9 +21,19 @@ from tests.conftest import Crash, CrashAt, _env, tiny_params, write_params
 
 
 def _cfg(**train):
-    return config_from_dict(tiny_params(train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20,
-                                               "epochs": 5, "log_interval": 1, **train},
-                                        model={"dropout": 0.3}))
+    return config_from_dict(
+        tiny_params(
+            train={
+                "max_steps": 60,
+                "checkpoint_interval": 10,
+                "eval_interval": 20,
+                "epochs": 5,
+                "log_interval": 1,
+                **train,
+            },
+            model={"dropout": 0.3},
+        )
+    )
 
 
 def _paths(tmp_path, name):
@@ -63,13 +73,27 @@ def test_resume_policy(tmp_path, tiny_data):
         train(cfg, vocab, tr, va, paths, reporter=CrashAt(25), progress=False, log=lambda _: None)
 
     messages = []
-    other = config_from_dict(tiny_params(train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20,
-                                                "epochs": 5, "log_interval": 1}, model={"dropout": 0.1}))
+    other = config_from_dict(
+        tiny_params(
+            train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20, "epochs": 5, "log_interval": 1},
+            model={"dropout": 0.1},
+        )
+    )
     assert plan_resume(other, tr, va, paths, log=messages.append) is None
     assert "model.dropout: 0.3 -> 0.1" in messages[0] and "starting fresh" in messages[0]
-    strict = config_from_dict(tiny_params(train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20,
-                                                 "epochs": 5, "log_interval": 1, "resume": "require"},
-                                          model={"dropout": 0.1}))
+    strict = config_from_dict(
+        tiny_params(
+            train={
+                "max_steps": 60,
+                "checkpoint_interval": 10,
+                "eval_interval": 20,
+                "epochs": 5,
+                "log_interval": 1,
+                "resume": "require",
+            },
+            model={"dropout": 0.1},
+        )
+    )
     with pytest.raises(KarnnaError, match=r"made with other params or data \(model.dropout"):
         plan_resume(strict, tr, va, paths)
     # Other data is never resumed silently either.
@@ -79,8 +103,7 @@ def test_resume_policy(tmp_path, tiny_data):
     assert plan_resume(cfg, tr, va, paths) is not None
 
     # A finished run is not resumed: it starts fresh.
-    train(cfg, vocab, tr, va, paths, progress=False, log=lambda _: None,
-          resume=plan_resume(cfg, tr, va, paths))
+    train(cfg, vocab, tr, va, paths, progress=False, log=lambda _: None, resume=plan_resume(cfg, tr, va, paths))
     assert plan_resume(cfg, tr, va, paths) is None
 
 
@@ -93,8 +116,15 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(stage_repo, tmp_path):
     write_params(stage_repo, params)
 
     def stage(name, **kw):
-        return subprocess.Popen([sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        return subprocess.Popen(
+            [sys.executable, "-m", f"pipeline.{name}"],
+            cwd=stage_repo,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
 
     for name in ("corpus", "encode", "split"):
         assert stage(name).wait(timeout=120) == 0
@@ -135,16 +165,23 @@ def test_kill_9_with_tracking_and_bf16_resumes_the_same_mlflow_run(stage_repo, t
 
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
     params["model"].update({"lstm_size": 48, "dropout": 0.2})
-    params["train"].update({"max_steps": 120, "checkpoint_interval": 20, "eval_interval": 40, "precision": "bf16",
-                            "num_threads": 1})
+    params["train"].update(
+        {"max_steps": 120, "checkpoint_interval": 20, "eval_interval": 40, "precision": "bf16", "num_threads": 1}
+    )
     params["tracking"].update({"enabled": True, "log_every": 5})
     write_params(stage_repo, params)
     stores = {name: f"sqlite:///{tmp_path / name}.db" for name in ("killed", "clean")}
 
     def stage(name, store=None):
         env = {**_env(), **({"MLFLOW_TRACKING_URI": stores[store]} if store else {})}
-        return subprocess.Popen([sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", f"pipeline.{name}"],
+            cwd=stage_repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     for name in ("corpus", "encode", "split"):
         assert stage(name).wait(timeout=120) == 0
@@ -176,8 +213,10 @@ def test_kill_9_with_tracking_and_bf16_resumes_the_same_mlflow_run(stage_repo, t
         experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
         (run,) = client.search_runs([experiment.experiment_id])  # the killed training made one run
         assert run.info.status == "FINISHED"
-        histories[name] = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                           for key in ("train_loss", "val_loss")}
+        histories[name] = {
+            key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+            for key in ("train_loss", "val_loss")
+        }
         # points logged again after the resume repeat the same values: no step twice with two values
         for key in ("train_loss", "val_loss"):
             pairs = {(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)}

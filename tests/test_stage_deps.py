@@ -102,15 +102,11 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     assert closure("src.a", tmp_path) == {"src/__init__.py", "src/a.py", "src/b.py", "src/c.py"}
 
 
-# Known exception, to be removed: src.preflight's main() (issue 13) uses pipeline.common's
-# paths, error wrapper and tracking URI; moving those below src/ touches every stage's deps.
-NOT_YET_BELOW = {"src/preflight.py"}
-
-
 def test_the_library_never_imports_the_stages():
     """src/ sits below pipeline/: no module of the library (src.tune's entry point included)
     imports a stage module, anywhere in the file."""
-    offenders = {str(path.relative_to(REPO)): sorted(n for n in imported_modules(path) if n.split(".")[0] == "pipeline")
-                 for path in sorted((REPO / "src").glob("*.py"))}
-    assert not {k: v for k, v in offenders.items() if v and k not in NOT_YET_BELOW}
-    assert all(offenders.get(k) for k in NOT_YET_BELOW), "an exception no longer needed: remove it"
+    offenders = {
+        str(path.relative_to(REPO)): sorted(n for n in imported_modules(path) if n.split(".")[0] == "pipeline")
+        for path in sorted((REPO / "src").glob("*.py"))
+    }
+    assert not {k: v for k, v in offenders.items() if v}

@@ -71,9 +71,19 @@ def team(tmp_path_factory) -> Path:
         train={"max_steps": 30, "eval_interval": 15, "batch_size": 8, "seq_len": 32, "num_threads": 1},
         sample={"length": 60, "prime": "The"},
         tracking={"enabled": True, "experiment": EXPERIMENT, "model_name": MODEL, "log_every": 5},
-        tune={"study_name": "team", "budget_chars": 12_000, "rungs": 2, "eval_chars": 2_000, "enqueue": [],
-              "pruner": "none", "space": {"model.lstm_size": {"choices": [8, 16]}, "model.num_layers": {"choices": [1]},
-                                          "model.dropout": {"low": 0.0, "high": 0.5}}},
+        tune={
+            "study_name": "team",
+            "budget_chars": 12_000,
+            "rungs": 2,
+            "eval_chars": 2_000,
+            "enqueue": [],
+            "pruner": "none",
+            "space": {
+                "model.lstm_size": {"choices": [8, 16]},
+                "model.num_layers": {"choices": [1]},
+                "model.dropout": {"low": 0.0, "high": 0.5},
+            },
+        },
     )
     for section, values in tiny.items():
         params[section].update(values)
@@ -122,15 +132,17 @@ def test_what_one_clone_pushes_a_sibling_pulls_with_nothing_to_rerun(team):
     assert any(p.is_file() for p in own.rglob("*"))
     assert run(bob, "git", "status", "--porcelain").stdout == ""
 
-    # Before training, `python -m src.preflight` checks the remote and the tracking store: an
+    # Before training, `python -m pipeline.preflight` checks the remote and the tracking store: an
     # unreachable one is one line, and the checkout is left as it was.
-    assert run(bob, sys.executable, "-m", "src.preflight").stdout.startswith(f"ok: DVC remote 'team': {own}")
+    assert run(bob, sys.executable, "-m", "pipeline.preflight").stdout.startswith(f"ok: DVC remote 'team': {own}")
     dead = f"http://127.0.0.1:{free_port()}"
     run(bob, "dvc", "remote", "add", "-d", "--local", "dead", f"{dead}/store")
-    for env, message in (({}, f"DVC remote 'dead' ({dead}/store) is unreachable"),
-                         ({"MLFLOW_TRACKING_URI": dead}, f"MLflow tracking server {dead} is unreachable")):
+    for env, message in (
+        ({}, f"DVC remote 'dead' ({dead}/store) is unreachable"),
+        ({"MLFLOW_TRACKING_URI": dead}, f"MLflow tracking server {dead} is unreachable"),
+    ):
         args = ("--no-remote",) if env else ()
-        failed = run(bob, sys.executable, "-m", "src.preflight", *args, env=env, check=False)
+        failed = run(bob, sys.executable, "-m", "pipeline.preflight", *args, env=env, check=False)
         assert failed.returncode == 2 and failed.stderr.startswith(f"error: {message}"), failed.stderr
         assert failed.stderr.count("\n") == 1, failed.stderr
     assert run(bob, "git", "status", "--porcelain").stdout == ""
@@ -139,8 +151,18 @@ def test_what_one_clone_pushes_a_sibling_pulls_with_nothing_to_rerun(team):
 
 def test_the_tracking_server_refuses_an_unreachable_database_in_one_line(tmp_path):
     db = f"postgresql://karnna:s3cret@127.0.0.1:{free_port()}/karnna_mlflow"
-    proc = run(REPO, sys.executable, "-m", "src.tracking_server", "--db", db, "--artifacts",
-               str(tmp_path / "artifacts"), check=False, timeout=60)
+    proc = run(
+        REPO,
+        sys.executable,
+        "-m",
+        "src.tracking_server",
+        "--db",
+        db,
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: tracking database postgresql://karnna:***@127.0.0.1")
     assert proc.stderr.count("\n") == 1 and "s3cret" not in proc.stderr
@@ -175,8 +197,19 @@ def server(team):
     port = free_port()
     log = team / "server.log"
     proc = start_server(
-        [sys.executable, "-m", "src.tracking_server", "--db", db, "--artifacts", str(team / "artifacts"),
-         "--port", str(port), "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "src.tracking_server",
+            "--db",
+            db,
+            "--artifacts",
+            str(team / "artifacts"),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
         log,
         env={"PYTHONPATH": str(REPO)},
     )
@@ -186,6 +219,65 @@ def server(team):
     finally:
         stop_server(proc)
         _drop(name)
+
+
+def _assert_dataset_inputs(team: Path, carol: Path, repro_run) -> None:
+    # The Dataset column: DVC's hash of each split file, and the corpus it came from.
+    lock = yaml.safe_load((carol / "dvc.lock").read_text())
+    locked = {e["path"]: e["md5"] for stage in lock["stages"].values() for e in stage.get("deps", []) if "md5" in e}
+    assert "data/split/train.npy" in locked or "data/split" in locked
+    dvc_md5 = {}
+    for path in ("data/split/train.npy", "data/split/val.npy"):
+        dvc_md5[path] = hashlib.md5((carol / path).read_bytes()).hexdigest()  # DVC 3: md5 of the bytes
+        assert locked.get(path, dvc_md5[path]) == dvc_md5[path]
+    inputs = {d.dataset.name: d for d in repro_run.inputs.dataset_inputs}
+    assert set(inputs) == {"corpus-train", "corpus-val"}
+    for name, path, context in (
+        ("corpus-train", "data/split/train.npy", "training"),
+        ("corpus-val", "data/split/val.npy", "validation"),
+    ):
+        assert inputs[name].dataset.digest == dvc_md5[path]
+        assert json.loads(inputs[name].dataset.source) == {"uri": (team / "corpus.txt").as_uri()}
+        assert {t.key: t.value for t in inputs[name].tags}["mlflow.data.context"] == context
+
+
+def _serve_champion(team: Path, env: dict) -> None:
+    # A third folder, no checkout: the model comes through the server, served offline.
+    erin = team / "erin"
+    erin.mkdir()
+    port = free_port()
+    log = team / "serve.log"
+    proc = start_server(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        log,
+        env={**env, "PATH": _env()["PATH"]},  # its scoring server is the venv's uvicorn
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=120)
+        body = json.dumps({"dataframe_records": [{"prime": "Anna", "length": 30, "seed": 1}]}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            (text,) = json.loads(response.read())["predictions"]
+    finally:
+        stop_server(proc)
+    assert text.startswith("Anna") and len(text) == 34
+    assert list(erin.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -211,48 +303,14 @@ def test_two_clones_train_into_one_server_and_a_third_folder_serves_the_champion
         assert "checkpoints" in {a.path for a in client.list_artifacts(r.info.run_id)}
     assert len(list((team / "artifacts").rglob("best.pt"))) >= 2  # uploaded through the server
 
-    # The Dataset column: DVC's hash of each split file, and the corpus it came from.
-    lock = yaml.safe_load((carol / "dvc.lock").read_text())
-    locked = {e["path"]: e["md5"] for stage in lock["stages"].values() for e in stage.get("deps", []) if "md5" in e}
-    assert "data/split/train.npy" in locked or "data/split" in locked
-    dvc_md5 = {}
-    for path in ("data/split/train.npy", "data/split/val.npy"):
-        dvc_md5[path] = hashlib.md5((carol / path).read_bytes()).hexdigest()  # DVC 3: md5 of the bytes
-        assert locked.get(path, dvc_md5[path]) == dvc_md5[path]
-    inputs = {d.dataset.name: d for d in runs[f"{commit[:7]} repro"].inputs.dataset_inputs}
-    assert set(inputs) == {"corpus-train", "corpus-val"}
-    for name, path, context in (("corpus-train", "data/split/train.npy", "training"),
-                                ("corpus-val", "data/split/val.npy", "validation")):
-        assert inputs[name].dataset.digest == dvc_md5[path]
-        assert json.loads(inputs[name].dataset.source) == {"uri": (team / "corpus.txt").as_uri()}
-        assert {t.key: t.value for t in inputs[name].tags}["mlflow.data.context"] == context
+    _assert_dataset_inputs(team, carol, runs[f"{commit[:7]} repro"])
 
     versions = client.search_model_versions(f"name='{MODEL}'")
     assert len(versions) == 2
     champion = client.get_registered_model(MODEL).aliases["champion"]
     assert str(champion) in {v.version for v in versions}
 
-    # A third folder, no checkout: the model comes through the server, served offline.
-    erin = team / "erin"
-    erin.mkdir()
-    port = free_port()
-    log = team / "serve.log"
-    proc = start_server(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{MODEL}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        log, env={**env, "PATH": _env()["PATH"]},  # its scoring server is the venv's uvicorn
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=120)
-        body = json.dumps({"dataframe_records": [{"prime": "Anna", "length": 30, "seed": 1}]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            (text,) = json.loads(response.read())["predictions"]
-    finally:
-        stop_server(proc)
-    assert text.startswith("Anna") and len(text) == 34
-    assert list(erin.iterdir()) == []
+    _serve_champion(team, env)
 
 
 # --- tuning workers sharing one study database ------------------------------------------------
@@ -272,8 +330,18 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
         env = {**_env(), **GIT_USER, "MLFLOW_TRACKING_URI": server}
         # One trial per worker process (--n-jobs defaults to one per core): a worker killed between
         # creating a trial and its MLflow run would leave a trial without a child run to compare.
-        cmd = [sys.executable, "-m", "src.tune", "--storage", storage, "--heartbeat", "1", "--no-progress",
-               "--n-jobs", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "src.tune",
+            "--storage",
+            storage,
+            "--heartbeat",
+            "1",
+            "--no-progress",
+            "--n-jobs",
+            "1",
+        ]
         # A study database that does not answer: one line, before any trial or MLflow run.
         client = MlflowClient(server)
 
@@ -283,15 +351,15 @@ def test_tuning_workers_share_a_study_and_a_killed_worker_leaves_a_failed_trial(
 
         before = runs_now()
         dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
-        refused = run(frank, sys.executable, "-m", "src.tune", "--storage", dead, "--no-progress", env=env,
-                      check=False)
+        refused = run(frank, sys.executable, "-m", "src.tune", "--storage", dead, "--no-progress", env=env, check=False)
         assert refused.returncode == 2 and refused.stderr.startswith(f"error: cannot open the study storage {dead}")
         assert refused.stderr.count("\n") == 1, refused.stderr
         assert runs_now() == before
 
         def worker(*args: str) -> subprocess.Popen:
-            return subprocess.Popen([*cmd, *args], cwd=frank, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return subprocess.Popen(
+                [*cmd, *args], cwd=frank, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
 
         # Both at work, then one killed mid-trial. A worker notices a lost trial when it starts a
         # trial after 3 missed beats (3 s here): the survivor keeps starting trials for 10 s.
@@ -337,8 +405,11 @@ def _wait_for_running_trial(storage: str, proc: subprocess.Popen, other: subproc
         trials = study.get_trials(deepcopy=False)
         if any(t.user_attrs.get("worker", "").endswith(f":{other.pid}") for t in trials):
             for t in trials:
-                if (t.state == optuna.trial.TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
-                        and t.user_attrs.get("worker", "").endswith(f":{proc.pid}")):
+                if (
+                    t.state == optuna.trial.TrialState.RUNNING
+                    and "mlflow_run_id" in t.user_attrs
+                    and t.user_attrs.get("worker", "").endswith(f":{proc.pid}")
+                ):
                     return t.number
         time.sleep(0.1)
     pytest.fail("the worker never ran a trial")

@@ -83,8 +83,16 @@ def register_checkpoint(cfg, uri, run_id, best: Path, val_ids, fingerprint, scor
     if score is None:
         ids = torch.from_numpy(val_ids.astype(np.int64))
         score = evaluate.stream_loss(model, ids, cfg.evaluate.rows, cfg.evaluate.chunk_len)
-    return registry.register(uri, run_id, best, payload["step"], score, fingerprint, cfg.tracking.model_name,
-                             {"prime": "Happy", "length": 50})
+    return registry.register(
+        uri,
+        run_id,
+        best,
+        payload["step"],
+        score,
+        fingerprint,
+        cfg.tracking.model_name,
+        {"prime": "Happy", "length": 50},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -302,11 +310,22 @@ def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, 
     paths = TrainPaths(best=tmp_path / "best.pt", last=tmp_path / "last.pt")
     with pytest.raises(RuntimeError):
         with tracking.start_training_run(cfg, uri) as reporter:
-            train(cfg, vocab, train_ids, val_ids, paths, reporter=CrashAt(reporter, 12), progress=False, log=lambda _: None)
+            train(
+                cfg,
+                vocab,
+                train_ids,
+                val_ids,
+                paths,
+                reporter=CrashAt(reporter, 12),
+                progress=False,
+                log=lambda _: None,
+            )
     resume = plan_resume(cfg, train_ids, val_ids, paths, log=lambda _: None)
     assert resume is not None and resume["run_id"] == reporter.run_id
     with tracking.start_training_run(cfg, uri, resume_run_id=resume["run_id"]) as again:
-        result = train(cfg, vocab, train_ids, val_ids, paths, reporter=again, resume=resume, progress=False, log=lambda _: None)
+        result = train(
+            cfg, vocab, train_ids, val_ids, paths, reporter=again, resume=resume, progress=False, log=lambda _: None
+        )
     assert again.run_id == reporter.run_id and 0 < result.resumed_from < 20
     client = client_for(uri)
     assert client.get_run(again.run_id).info.status == "FINISHED"
@@ -386,7 +405,9 @@ def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
     lstm, vocab, _ = checkpoint.load(ckpt)
     assert texts[0] == generate(lstm, vocab, "Happy", 30, top_k=5, temperature=1.0, seed=7)[0]
     assert len(model.predict({"prime": ["Far"]})[0]) == 3 + serving.DEFAULT_LENGTH
-    assert model.predict([{"prime": "Far", "length": 5, "seed": 1}]) == model.predict({"prime": "Far", "length": 5, "seed": 1})
+    assert model.predict([{"prime": "Far", "length": 5, "seed": 1}]) == model.predict(
+        {"prime": "Far", "length": 5, "seed": 1}
+    )
     assert model.metadata.get_input_schema().input_names() == ["prime", "length", "temperature", "top_k", "seed"]
 
 
@@ -395,7 +416,9 @@ def test_the_registered_model_holds_no_pickle(store, trained, tmp_path, monkeypa
     uri, _ = store
     client = client_for(uri)
     source = client.get_model_version("tiny-model", "1").source
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "m"), tracking_uri=uri))
+    folder = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "m"), tracking_uri=uri)
+    )
     files = [p for p in folder.rglob("*") if p.is_file()]
     pickles = [p for p in files if p.suffix in (".pkl", ".pickle") or p.read_bytes()[:1] == b"\x80"]
     assert pickles == [], f"pickled files in the served model: {pickles}"
@@ -418,10 +441,18 @@ def mlflow_server(tmp_path):
     log = tmp_path / "server.log"
     proc = start_server(
         [
-            MLFLOW, "server",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "server-artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
         ],
         log,
     )
@@ -459,8 +490,19 @@ def test_models_serve_answers_invocations(store, trained, tmp_path):
     log = tmp_path / "serve.log"
     proc = start_server(
         [
-            MLFLOW, "models", "serve", "-m", "models:/tiny-model@champion", "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port), "-w", "1",
+            MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            "models:/tiny-model@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
         ],
         log,
         env={"MLFLOW_TRACKING_URI": uri},

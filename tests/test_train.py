@@ -69,12 +69,14 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     """A NaN loss from step 16 on (injected into the real model's output) stops training."""
     import pytest
 
-    import src.train as train_module
+    import src.build as build_module
     from src.errors import KarnnaError
+    from src.model import CharRNN, ModelSpec
 
     def poisoned_model(cfg, vocab, generator=None):
-        model = train_module.CharRNN(train_module.ModelSpec(
-            vocab.size, cfg.model.embedding_dim, cfg.model.lstm_size, cfg.model.num_layers, cfg.model.dropout))
+        model = CharRNN(
+            ModelSpec(vocab.size, cfg.model.embedding_dim, cfg.model.lstm_size, cfg.model.num_layers, cfg.model.dropout)
+        )
         calls = {"n": 0}
 
         def hook(module, inputs, output):
@@ -87,7 +89,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
         model.head.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train_module, "build_model", poisoned_model)
+    monkeypatch.setattr(build_module, "build_model", poisoned_model)
     cfg = config_from_dict(tiny_params())
     with pytest.raises(KarnnaError, match=r"training loss is nan at step 16: training diverged; lower train\.lr"):
         _run(tmp_path, cfg, tiny_data)
@@ -110,11 +112,28 @@ def test_a_tuners_eval_steps_and_prefix_scores(tmp_path, tiny_config, tiny_data,
     import src.train as train_module
 
     best_saves, save = [], train_module.checkpoint.save
-    monkeypatch.setattr(train_module.checkpoint, "save", lambda path, model, vocab, step, extra=None, **kw: (
-        best_saves.append(step) if path.name == "best.pt" else None, save(path, model, vocab, step, extra, **kw)))
+    monkeypatch.setattr(
+        train_module.checkpoint,
+        "save",
+        lambda path, model, vocab, step, extra=None, **kw: (
+            best_saves.append(step) if path.name == "best.pt" else None,
+            save(path, model, vocab, step, extra, **kw),
+        ),
+    )
     paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
-    result = train(tiny_config, vocab, tr, va, paths, reporter=Recorder(), progress=False, log=lambda _: None,
-                   on_eval=[lambda step, loss: seen.append((step, loss))], eval_steps={4, 12}, eval_chars=60)
+    result = train(
+        tiny_config,
+        vocab,
+        tr,
+        va,
+        paths,
+        reporter=Recorder(),
+        progress=False,
+        log=lambda _: None,
+        on_eval=[lambda step, loss: seen.append((step, loss))],
+        eval_steps={4, 12},
+        eval_chars=60,
+    )
     assert best_saves == [30]
     assert [s for s, _ in seen] == [4, 12, 30] and seen == result.val_history
     assert logged == [(4, 60), (12, 60), (30, len(va))]

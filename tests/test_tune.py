@@ -10,20 +10,31 @@ import numpy as np
 import optuna
 import pytest
 
-from src.config import config_from_dict, section_from_dict, TuneConfig, with_overrides
-from src import space as search, tune
+from src import space as search
+from src import tune
+from src.config import TuneConfig, config_from_dict, section_from_dict, with_overrides
 from src.errors import KarnnaError
 from src.report import Reporter
 from tests.conftest import _env, tiny_params
 
-
-SMALL = {"model.lstm_size": {"choices": [8, 16]}, "model.num_layers": {"choices": [1, 2]},
-         "model.dropout": {"low": 0.0, "high": 0.5}}
+SMALL = {
+    "model.lstm_size": {"choices": [8, 16]},
+    "model.num_layers": {"choices": [1, 2]},
+    "model.dropout": {"low": 0.0, "high": 0.5},
+}
 
 
 def _space(**kw) -> TuneConfig:
-    base = {"study_name": "t", "n_trials": 3, "budget_chars": 2000, "rungs": 2, "eval_chars": 60, "pruner": "none",
-            "space": SMALL, "enqueue": []}
+    base = {
+        "study_name": "t",
+        "n_trials": 3,
+        "budget_chars": 2000,
+        "rungs": 2,
+        "eval_chars": 60,
+        "pruner": "none",
+        "space": SMALL,
+        "enqueue": [],
+    }
     base.update(kw)
     return section_from_dict(TuneConfig, base, "tune")
 
@@ -78,8 +89,12 @@ def test_the_ladder_is_geometric_and_ends_at_the_budget():
 
 def test_one_table_drives_suggest_validation_and_the_enqueued_trials(tmp_path, base, study_data):
     """Adding a dimension is one entry: it is drawn, checked against the schema and enqueued."""
-    table = {**SMALL, "model.lstm_size": {"choices": [8, 32]}, "train.seq_len": {"choices": [8, 16]},
-             "train.lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}
+    table = {
+        **SMALL,
+        "model.lstm_size": {"choices": [8, 32]},
+        "train.seq_len": {"choices": [8, 16]},
+        "train.lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True},
+    }
     space = _space(space=table, enqueue=["defaults", "seed_recipe"], n_trials=3)
     logs = []
     labels = search.enqueued(space, base, logs.append)
@@ -99,7 +114,10 @@ def test_one_table_drives_suggest_validation_and_the_enqueued_trials(tmp_path, b
 @pytest.mark.parametrize(
     "table, expected",
     [
-        ({"model.dropout": {"low": 0.2, "high": 1.0}}, r"tune\.space\.model\.dropout: 1\.0 is not a valid model\.dropout"),
+        (
+            {"model.dropout": {"low": 0.2, "high": 1.0}},
+            r"tune\.space\.model\.dropout: 1\.0 is not a valid model\.dropout",
+        ),
         ({"model.lstm_size": {"choices": [128, 0]}}, r"tune\.space\.model\.lstm_size: 0 is not a valid"),
         ({"model.lstm_size": {"low": 64.5, "high": 512}}, r"model\.lstm_size is an integer"),
         ({"model.width": {"choices": [1]}}, r"tune\.space\.model\.width: not a params\.yaml key"),
@@ -116,9 +134,14 @@ def test_a_bad_table_entry_is_one_line(base, table, expected):
 @pytest.mark.parametrize(
     "kw, expected",
     [
-        ({"budget_chars": 50}, r"tune\.budget_chars: 50 characters is smaller than one batch \(train\.batch_size 4 x train\.seq_len 16"),
-        ({"budget_chars": 100, "space": {**SMALL, "train.seq_len": {"choices": [8, 32]}}},
-         r"smaller than one batch \(train\.batch_size 4 x train\.seq_len 32"),
+        (
+            {"budget_chars": 50},
+            r"tune\.budget_chars: 50 characters is smaller than one batch \(train\.batch_size 4 x train\.seq_len 16",
+        ),
+        (
+            {"budget_chars": 100, "space": {**SMALL, "train.seq_len": {"choices": [8, 32]}}},
+            r"smaller than one batch \(train\.batch_size 4 x train\.seq_len 32",
+        ),
         ({"eval_chars": 10**6}, r"tune\.eval_chars: 1,000,000 is longer than the validation split \(\d+ characters\)"),
     ],
 )
@@ -139,13 +162,25 @@ def test_intermediate_validations_score_a_prefix_and_the_last_the_whole_split(tm
         logged = []
 
         class Spy(Reporter):
-            def log_metrics(self, metrics, step):
+            def log_metrics(self, metrics, step, logged=logged):
                 if "val_chars_scored" in metrics:
                     logged.append((step, dict(metrics)))
 
-        runs[prefix] = (train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids,
-                              TrainPaths(tmp_path / f"b{prefix}.pt", tmp_path / f"l{prefix}.pt"), reporter=Spy(),
-                              progress=False, log=lambda _: None, eval_steps={10, 20}, eval_chars=prefix), logged)
+        runs[prefix] = (
+            train(
+                cfg,
+                study_data.vocab,
+                study_data.train_ids,
+                study_data.val_ids,
+                TrainPaths(tmp_path / f"b{prefix}.pt", tmp_path / f"l{prefix}.pt"),
+                reporter=Spy(),
+                progress=False,
+                log=lambda _: None,
+                eval_steps={10, 20},
+                eval_chars=prefix,
+            ),
+            logged,
+        )
     (whole, _), (part, logged) = runs[None], runs[60]
     assert [s for s, _ in part.val_history] == [10, 20, 30] == [s for s, _ in whole.val_history]
     # the last validation is the whole split, and scoring a prefix did not change the training
@@ -165,12 +200,24 @@ def test_a_prefix_score_never_becomes_the_best_checkpoint(tmp_path, base, study_
 
     real = train_module.evaluate.stream_loss
     whole = len(study_data.val_ids)
-    monkeypatch.setattr(train_module.evaluate, "stream_loss",
-                        lambda model, ids, *a: real(model, ids, *a) + (10.0 if len(ids) == whole else 0.0))
+    monkeypatch.setattr(
+        train_module.evaluate,
+        "stream_loss",
+        lambda model, ids, *a: real(model, ids, *a) + (10.0 if len(ids) == whole else 0.0),
+    )
     cfg = with_overrides(base, {"train.max_steps": 20})
     paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
-    result = train(cfg, study_data.vocab, study_data.train_ids, study_data.val_ids, paths, progress=False,
-                   log=lambda _: None, eval_steps={10}, eval_chars=60)
+    result = train(
+        cfg,
+        study_data.vocab,
+        study_data.train_ids,
+        study_data.val_ids,
+        paths,
+        progress=False,
+        log=lambda _: None,
+        eval_steps={10},
+        eval_chars=60,
+    )
     assert result.val_history[0][1] < 10 < result.val_history[1][1] == result.best_val_loss
     assert result.best_step == 20 and checkpoint.load_payload(paths.best)["step"] == 20
 
@@ -178,9 +225,18 @@ def test_a_prefix_score_never_becomes_the_best_checkpoint(tmp_path, base, study_
 def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, base, study_data):
     """Real trainings with the default pruner: a trial stops at a rung unless it is among the best
     1/reduction_factor there, and every finished trial trained the whole budget."""
-    space = _space(space={"model.lstm_size": {"choices": [2, 4, 48]}, "model.num_layers": {"choices": [1]},
-                          "model.dropout": {"low": 0.0, "high": 0.6}},
-                   budget_chars=5760, rungs=3, reduction_factor=3, pruner="halving", n_trials=9)
+    space = _space(
+        space={
+            "model.lstm_size": {"choices": [2, 4, 48]},
+            "model.num_layers": {"choices": [1]},
+            "model.dropout": {"low": 0.0, "high": 0.6},
+        },
+        budget_chars=5760,
+        rungs=3,
+        reduction_factor=3,
+        pruner="halving",
+        n_trials=9,
+    )
     study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=9)
     steps = search.trial_steps(base, 5760)
     rungs = search.ladder(steps, 3, 3)
@@ -195,8 +251,14 @@ def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, 
         # it was not among the best third of the trials that reached its rung before it
         rung = max(t.intermediate_values)
         value = t.intermediate_values[rung]
-        competing = sorted([value] + [o.intermediate_values[rung] for o in study.trials
-                                      if o.number < t.number and rung in o.intermediate_values])
+        competing = sorted(
+            [value]
+            + [
+                o.intermediate_values[rung]
+                for o in study.trials
+                if o.number < t.number and rung in o.intermediate_values
+            ]
+        )
         assert value > competing[max(0, len(competing) // 3 - 1)]
     assert study.metric_names == [tune.METRIC_NAME]
 
@@ -210,8 +272,11 @@ def test_workers_split_the_cores(monkeypatch):
 
 
 def test_seed_recipe_and_defaults_come_first_once(tmp_path, base, study_data):
-    table = {"model.lstm_size": {"choices": [32, 512]}, "model.num_layers": {"choices": [2]},
-             "model.dropout": {"low": 0.0, "high": 0.8}}
+    table = {
+        "model.lstm_size": {"choices": [32, 512]},
+        "model.num_layers": {"choices": [2]},
+        "model.dropout": {"low": 0.0, "high": 0.8},
+    }
     space = _space(space=table, enqueue=["seed_recipe", "defaults"], budget_chars=200)
     storage = tune.storage_for(None, tmp_path / "journal.log")
     study = _run(base, space, study_data, storage, n_trials=2)
@@ -250,8 +315,9 @@ def test_pruners_on_a_synthetic_objective():
         return level
 
     for name in ("halving", "hyperband", "median"):
-        study = optuna.create_study(pruner=tune.make_pruner(name, _space(rungs=3)),
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study = optuna.create_study(
+            pruner=tune.make_pruner(name, _space(rungs=3)), sampler=optuna.samplers.RandomSampler(seed=0)
+        )
         study.optimize(objective, n_trials=30)
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
         assert pruned and all(max(t.intermediate_values) < 9 for t in pruned), name
@@ -260,8 +326,15 @@ def test_pruners_on_a_synthetic_objective():
 def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_data):
     from src.train import TrainPaths, train
 
-    space = _space(space={"model.lstm_size": {"choices": [8]}, "model.num_layers": {"choices": [1]},
-                          "model.dropout": {"low": 0.0, "high": 0.5}}, rungs=3, budget_chars=4000)
+    space = _space(
+        space={
+            "model.lstm_size": {"choices": [8]},
+            "model.num_layers": {"choices": [1]},
+            "model.dropout": {"low": 0.0, "high": 0.5},
+        },
+        rungs=3,
+        budget_chars=4000,
+    )
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))  # any real loss is above
     trial = study.ask(search.distributions(space, base))
     params = search.suggest(trial, space, base)
@@ -269,9 +342,17 @@ def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_d
     rungs = search.ladder(steps, 3, 3)
     pruning = tune.PruneOnEval(trial, rungs)
     with pytest.raises(optuna.TrialPruned, match="pruned at step"):
-        train(search.trial_config(base, params, steps), study_data.vocab, study_data.train_ids, study_data.val_ids,
-              TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"), progress=False,
-              log=lambda _: None, on_eval=[pruning], eval_steps=rungs)
+        train(
+            search.trial_config(base, params, steps),
+            study_data.vocab,
+            study_data.train_ids,
+            study_data.val_ids,
+            TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"),
+            progress=False,
+            log=lambda _: None,
+            on_eval=[pruning],
+            eval_steps=rungs,
+        )
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     (frozen,) = study.trials
     assert frozen.state == optuna.trial.TrialState.PRUNED and frozen.intermediate_values.keys() == {1}
@@ -287,25 +368,34 @@ def test_the_last_validation_is_never_pruned(tmp_path, base, study_data):
     trial = study.ask(search.distributions(space, base))
     steps = search.trial_steps(base, 2000)
     rungs = search.ladder(steps, 1, 3)
-    result = train(search.trial_config(base, search.suggest(trial, space, base), steps), study_data.vocab,
-                   study_data.train_ids, study_data.val_ids, TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"),
-                   on_eval=[tune.PruneOnEval(trial, rungs)], progress=False, log=lambda _: None,
-                   eval_steps=rungs)
+    result = train(
+        search.trial_config(base, search.suggest(trial, space, base), steps),
+        study_data.vocab,
+        study_data.train_ids,
+        study_data.val_ids,
+        TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"),
+        on_eval=[tune.PruneOnEval(trial, rungs)],
+        progress=False,
+        log=lambda _: None,
+        eval_steps=rungs,
+    )
     assert result.steps == steps and rungs == {steps: 1}
 
 
 def test_param_cap_skips_oversized_models(tmp_path, base, study_data):
-    space = _space(space={**SMALL, "model.lstm_size": {"choices": [64]}, "model.num_layers": {"choices": [2]}},
-                   max_params_per_char=0.01)
+    space = _space(
+        space={**SMALL, "model.lstm_size": {"choices": [64]}, "model.num_layers": {"choices": [2]}},
+        max_params_per_char=0.01,
+    )
     study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=1)
     (t,) = study.trials
     assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["skipped"].startswith("skipped:")
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_data, monkeypatch):
-    import src.train as train_module
+    import src.build as build_module
 
-    original = train_module.build_model
+    original = build_module.build_model
 
     def sometimes_broken(cfg, vocab, generator=None):
         model = original(cfg, vocab, generator)
@@ -313,7 +403,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_d
             model.head.register_forward_hook(lambda m, i, o: o * float("nan"))
         return model
 
-    monkeypatch.setattr(train_module, "build_model", sometimes_broken)
+    monkeypatch.setattr(build_module, "build_model", sometimes_broken)
     study = _run(base, _space(), study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=6)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -334,12 +424,23 @@ def _tiny_repo_for_tune(stage_repo, storage: str, **tune_keys):
     import yaml
 
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
-    params["tune"].update({"study_name": "w", "budget_chars": 3000, "rungs": 2, "eval_chars": 2000,
-                           "space": SMALL, "enqueue": [], "storage": storage, **tune_keys})
+    params["tune"].update(
+        {
+            "study_name": "w",
+            "budget_chars": 3000,
+            "rungs": 2,
+            "eval_chars": 2000,
+            "space": SMALL,
+            "enqueue": [],
+            "storage": storage,
+            **tune_keys,
+        }
+    )
     (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("corpus", "encode", "split"):
-        subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=_env(), check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", f"pipeline.{name}"], cwd=stage_repo, env=_env(), check=True, capture_output=True
+        )
 
 
 @pytest.mark.slow
@@ -348,10 +449,20 @@ def test_the_printed_command_reproduces_the_best_trials_score(stage_repo):
     trains as the best trial did and ends on the same validation loss."""
     import yaml
 
-    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), budget_chars=None,
-                        space={**SMALL, "train.lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}})
-    proc = subprocess.run([sys.executable, "-m", "src.tune", "--n-trials", "3", "--no-progress"], cwd=stage_repo,
-                          env=_env(), capture_output=True, text=True, timeout=600)
+    _tiny_repo_for_tune(
+        stage_repo,
+        str(stage_repo / "tune" / "journal.log"),
+        budget_chars=None,
+        space={**SMALL, "train.lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.tune", "--n-trials", "3", "--no-progress"],
+        cwd=stage_repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     best = yaml.safe_load((stage_repo / "tune" / "best_params.yaml").read_text())
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
@@ -362,8 +473,9 @@ def test_the_printed_command_reproduces_the_best_trials_score(stage_repo):
         section, name = key.split(".")
         params[section][name] = yaml.safe_load(value)
     (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run([sys.executable, "-m", "pipeline.train"], cwd=stage_repo, env=_env(), check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.train"], cwd=stage_repo, env=_env(), check=True, capture_output=True
+    )
     last_step, last_val = (stage_repo / "plots" / "val_loss.csv").read_text().splitlines()[-1].split(",")
     assert int(last_step) == params["train"]["max_steps"] == best["chars_trained"] // (8 * 32)
     assert float(last_val) == pytest.approx(best["val_loss"], abs=1e-5)
@@ -373,8 +485,10 @@ def test_the_printed_command_reproduces_the_best_trials_score(stage_repo):
 def test_two_worker_processes_share_one_storage(stage_repo):
     _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"))
     cmd = [sys.executable, "-m", "src.tune", "--n-trials", "3", "--no-progress"]
-    workers = [subprocess.Popen(cmd, cwd=stage_repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(cmd, cwd=stage_repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), outs
     storage = tune.storage_for(str(stage_repo / "tune" / "journal.log"), stage_repo / "unused.log")
@@ -386,15 +500,22 @@ def test_two_worker_processes_share_one_storage(stage_repo):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("KARNNA_TEST_POSTGRES_URL"),
-                    reason="set KARNNA_TEST_POSTGRES_URL (.ci/run starts a PostgreSQL server and sets it)")
+@pytest.mark.skipif(
+    not os.environ.get("KARNNA_TEST_POSTGRES_URL"),
+    reason="set KARNNA_TEST_POSTGRES_URL (.ci/run starts a PostgreSQL server and sets it)",
+)
 def test_postgresql_storage(stage_repo):
     url = os.environ["KARNNA_TEST_POSTGRES_URL"]
     _tiny_repo_for_tune(stage_repo, url)
     name = f"pg-{os.getpid()}"
-    proc = subprocess.run([sys.executable, "-m", "src.tune", "--n-trials", "2", "--n-jobs", "2", "--no-progress",
-                           "--study-name", name], cwd=stage_repo, env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.tune", "--n-trials", "2", "--n-jobs", "2", "--no-progress", "--study-name", name],
+        cwd=stage_repo,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = optuna.load_study(study_name=name, storage=url)
     assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
@@ -438,9 +559,17 @@ def test_mlflow_parent_and_child_runs(tmp_path, study_data):
 def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_data):
     """Real trainings, the median pruner: after its 3 startup trials, trials worse than the median
     at a rung stop there."""
-    space = _space(space={"model.lstm_size": {"choices": [2, 48]}, "model.num_layers": {"choices": [1]},
-                          "model.dropout": {"low": 0.0, "high": 0.6}},
-                   rungs=3, budget_chars=4000, n_trials=10, pruner="median")
+    space = _space(
+        space={
+            "model.lstm_size": {"choices": [2, 48]},
+            "model.num_layers": {"choices": [1]},
+            "model.dropout": {"low": 0.0, "high": 0.6},
+        },
+        rungs=3,
+        budget_chars=4000,
+        n_trials=10,
+        pruner="median",
+    )
     study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=10)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -2,8 +2,8 @@
 (when set) the Optuna study database. One line each; the first that fails is one `error:` line
 and exit status 2, before anything trains. It changes nothing in the checkout.
 
-    python -m src.preflight && dvc exp run ...
-    python -m src.preflight --storage postgresql://user:pw@dbhost/karnna_tune && python -m src.tune ...
+    python -m pipeline.preflight && dvc exp run ...
+    python -m pipeline.preflight --storage postgresql://user:pw@dbhost/karnna_tune && python -m src.tune ...
 
 DVC itself would only tell at `dvc push`, after the training: `dvc status --cloud` counts an
 unreachable HTTP remote as empty, and `dvc pull` with a full local cache never contacts it.
@@ -57,7 +57,7 @@ def _probe(fs, path: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     from pipeline.common import stage
 
-    p = argparse.ArgumentParser(prog="python -m src.preflight", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.preflight", description=__doc__.split("\n\n")[0])
     p.add_argument("--storage", help="an Optuna storage URL to check too (default: tune.storage)")
     p.add_argument("--no-remote", action="store_true", help="skip the DVC remote")
     args = p.parse_args(argv)
@@ -79,7 +79,7 @@ def check_all(storage: Optional[str], no_remote: bool) -> None:
         print(f"ok: MLflow tracking store {redact_url(uri)}")
     storage = storage or tune_config_from_dict(raw, PARAMS.name).storage
     if storage and not storage.endswith(".log"):
-        from src.tune import storage_for
+        from src.study_storage import storage_for
 
         storage_for(storage, Path(os.devnull))
         print(f"ok: Optuna storage {redact_url(storage)}")

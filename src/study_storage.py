@@ -1,0 +1,76 @@
+"""Where a study lives: an Optuna journal file on one machine, a database shared by workers on
+several; in a database, heartbeats mark a lost worker's trial failed and end its MLflow run."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import optuna
+
+from src import tracking
+from src.errors import KarnnaError
+from src.errors import redact_url as _redact
+
+
+def storage_for(
+    url: Optional[str],
+    default_journal: Path,
+    heartbeat: int = 60,
+    on_lost: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
+) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage: a URL as given (e.g. postgresql://...), or the journal file.
+
+    The journal file (not SQLite) is the default because SQLite's locking breaks under several
+    writer processes, while the journal appends with a file lock. In a database, each running
+    trial beats every `heartbeat` seconds; a trial silent for three beats (its worker was killed
+    or its machine lost) is marked FAIL by the next worker that starts a trial, which calls
+    `on_lost` for it."""
+    if url:
+        if url.startswith(("postgresql", "mysql", "sqlite")):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url,
+                        heartbeat_interval=heartbeat,
+                        grace_period=3 * heartbeat,
+                        heartbeat_stale_trial_callback=on_lost,
+                    )
+            except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
+                raise KarnnaError(
+                    f"cannot open the study storage {_redact(url)}: {str(exc).splitlines()[0][:200]}; "
+                    "check the URL, that the server is running and reachable, and the driver (psycopg) is installed"
+                ) from None
+        if url.endswith(".log") or url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            return _journal(path)
+        raise KarnnaError(
+            f"--storage {url!r}: expected postgresql://, mysql://, sqlite:/// or a journal file ending in .log"
+        )
+    return _journal(default_journal)
+
+
+def _journal(path: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Ends the MLflow run of a trial whose worker stopped beating: FAILED, with the reason."""
+
+    def on_lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        worker = trial.user_attrs.get("worker", "its worker")
+        tracking.end_failed_run(
+            tracking_uri,
+            trial.user_attrs.get("mlflow_run_id"),
+            f"worker lost: no heartbeat from {worker}",
+            {"optuna.state": "FAIL"},
+        )
+        print(f"trial {trial.number}: marked failed, no heartbeat from {worker}", file=sys.stderr)
+
+    return on_lost
