@@ -483,7 +483,9 @@ def test_the_printed_command_reproduces_the_best_trials_score(stage_repo):
 
 @pytest.mark.slow
 def test_two_worker_processes_share_one_storage(stage_repo):
-    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"))
+    # No pruner: this is about sharing the storage; with successive halving a worker whose three
+    # trials were all pruned before any other finished would rightly end with "no trial completed".
+    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), pruner="none")
     cmd = [sys.executable, "-m", "src.tune", "--n-trials", "3", "--no-progress"]
     workers = [
         subprocess.Popen(cmd, cwd=stage_repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
