@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -107,6 +108,17 @@ def test_resume_policy(tmp_path, tiny_data):
     assert plan_resume(cfg, tr, va, paths) is None
 
 
+def kill_9_after(proc: subprocess.Popen, last: Path, step: int) -> int:
+    """SIGKILL the train stage `proc` once `last` holds at least `step`; -> the step it holds."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last.is_file() and checkpoint.load_payload(last)["step"] >= step):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return checkpoint.load_payload(last)["step"]
+
+
 @pytest.mark.slow
 def test_kill_9_then_rerun_matches_an_uninterrupted_run(stage_repo, tmp_path):
     """The real thing: SIGKILL the train stage mid-run, run it again, compare with a clean run."""
@@ -130,16 +142,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(stage_repo, tmp_path):
         assert stage(name).wait(timeout=120) == 0
     last = stage_repo / "models" / "last.pt"
 
-    proc = stage("train")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if last.is_file() and checkpoint.load_payload(last)["step"] >= 40:
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = checkpoint.load_payload(last)["step"]
+    killed_at = kill_9_after(stage("train"), last, step=40)
     assert 40 <= killed_at < 200
 
     out, err = stage("train").communicate(timeout=600)
@@ -186,14 +189,7 @@ def test_kill_9_with_tracking_and_bf16_resumes_the_same_mlflow_run(stage_repo, t
     for name in ("corpus", "encode", "split"):
         assert stage(name).wait(timeout=120) == 0
     last = stage_repo / "models" / "last.pt"
-    proc = stage("train", "killed")
-    deadline = time.time() + 300
-    while time.time() < deadline and not (last.is_file() and checkpoint.load_payload(last)["step"] >= 40):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = checkpoint.load_payload(last)["step"]
+    killed_at = kill_9_after(stage("train", "killed"), last, step=40)
     assert 40 <= killed_at < 120
     out, err = stage("train", "killed").communicate(timeout=600)
     assert f"resuming from {last}" in out, out + err
