@@ -1,15 +1,17 @@
 """Experiment: one LSTM layer written by hand (bf16 GEMMs, per-step gate math in torch ops) against oneDNN's.
 
-    python -m benchmarks.handwritten_lstm [--rounds 5] [--threads 1]
+    python -m benchmarks.handwritten_lstm [--rounds 5] [--threads 1] [--shape T B D H ...] [--no-fused]
 
 The profile (benchmarks.profile_step) puts most of the lost time inside oneDNN's LSTM backward,
 which runs below the rate of its own GEMMs. The obvious alternative does every GEMM of the layer
 as one call at the best rate (input projection and weight gradients over all steps at once, one
 recurrent product per step) and the gate arithmetic in torch ops per time step. This times
-forward + backward of one 512-unit layer on a 100 x 100 batch both ways, interleaved, and checks
-that they compute the same thing. Not used by the project: on the AMD EPYC it was 1.26x slower
-than oneDNN at one thread (docs/BENCHMARKS.md), the per-step elementwise work costing more than
-the GEMM time it saves.
+forward + backward of one layer both ways, interleaved, and checks that they compute the same
+thing; a third way (benchmarks/fused_lstm.py, needs a C++ compiler) fuses each step's gate
+arithmetic into one compiled loop and runs the recurrent product on a weight oneDNN packed once.
+Shapes: the seed recipe's second layer (100 steps x 100 rows, 512 -> 512) and the defaults'
+second layer (100 x 32, 384 -> 384). Not used by the project: on the AMD EPYC neither beat
+oneDNN (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from benchmarks import fused_lstm
 from benchmarks.common import machine, median, threads_arg, timed
 
 BF16 = torch.bfloat16
@@ -73,20 +76,13 @@ class HandLSTMLayer(torch.autograd.Function):
         return dx, None, None, d_wi, d_wh, G.float().sum(0)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.handwritten_lstm", description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=threads_arg, default="1", help="torch threads (default: %(default)s)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(machine(args.threads))
-    T, B, D, H = 100, 100, 512, 512
+def compare(shape: tuple[int, int, int, int], rounds: int, fused: bool) -> None:
+    T, B, D, H = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(T, B, D, generator=gen, requires_grad=True)
     w_ih, w_hh = ((torch.randn(4 * H, n, generator=gen) * 0.04).requires_grad_() for n in (D, H))
     b_ih, b_hh = (torch.zeros(4 * H, requires_grad=True) for _ in range(2))
     h0, c0 = torch.zeros(1, B, H), torch.zeros(1, B, H)
-    grads = {}
 
     def onednn():
         with torch.autocast("cpu", dtype=BF16):
@@ -96,9 +92,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     def by_hand():
         HandLSTMLayer.apply(x, h0[0], c0[0], w_ih, w_hh, b_ih + b_hh).float().pow(2).sum().backward()
 
+    def by_hand_fused():
+        fused_lstm.FusedLSTMLayer.apply(x, h0[0], c0[0], w_ih, w_hh, b_ih + b_hh).float().pow(2).sum().backward()
+
     runs = {"oneDNN (torch.lstm, bf16 autocast)": onednn, "by hand (bf16 GEMMs, torch gate ops)": by_hand}
+    if fused:
+        runs["by hand, fused C++ gates, packed W_hh"] = by_hand_fused
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(args.rounds + 1):
+    grads = {}
+    for r in range(rounds + 1):
         for name, fn in runs.items():
             for t in (x, w_ih, w_hh):
                 t.grad = None
@@ -106,17 +108,33 @@ def main(argv: Optional[list[str]] = None) -> int:
             if r:  # the first round warms up
                 times[name].append(seconds)
             grads[name] = (x.grad.clone(), w_hh.grad.clone())
-    (dx1, dw1), (dx2, dw2) = grads.values()
-    print(
-        f"same gradients: cosine dx {F.cosine_similarity(dx1.flatten(), dx2.flatten(), 0):.4f}, "
-        f"d w_hh {F.cosine_similarity(dw1.flatten(), dw2.flatten(), 0):.4f}"
-    )
-    base = median(times[next(iter(runs))])
+    ref = times[next(iter(runs))]
+    print(f"\none layer, {T} steps x {B} rows, {D} -> {H}:")
+    (dx1, dw1) = grads[next(iter(runs))]
     for name, t in times.items():
+        dx2, dw2 = grads[name]
+        cos = (F.cosine_similarity(a.flatten(), b.flatten(), 0).item() for a, b in ((dx1, dx2), (dw1, dw2)))
+        per_round = median(o / m for o, m in zip(ref, t))
         print(
-            f"{name}: forward + backward {median(t) * 1e3:.0f} ms (median of {args.rounds}), "
-            f"{median(t) / base:.2f}x oneDNN's time"
+            f"  {name}: forward + backward {median(t) * 1e3:.0f} ms (median of {rounds}), "
+            f"oneDNN's time / this one's, median per round {per_round:.2f}; "
+            "gradient cosine to oneDNN dx {:.4f}, d w_hh {:.4f}".format(*cos)
         )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.handwritten_lstm", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=threads_arg, default="1", help="torch threads (default: %(default)s)")
+    p.add_argument("--shape", type=int, nargs=4, action="append", metavar=("T", "B", "D", "H"))
+    p.add_argument("--no-fused", action="store_true", help="skip the compiled variant (no C++ compiler)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(machine(args.threads))
+    if not args.no_fused:
+        fused_lstm.FusedLSTMLayer.kernels = fused_lstm.build()
+    for shape in args.shape or [(100, 100, 512, 512), (100, 32, 384, 384)]:
+        compare(tuple(shape), args.rounds, not args.no_fused)
     return 0
 
 
