@@ -34,18 +34,23 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
-def cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16(cpuinfo: Optional[str] = None) -> bool:
     """True where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX-BF16).
 
     Without them bf16 autocast is emulated and slower than fp32, so 'auto' keeps fp32 there.
+    A rule rather than a measurement: the precision changes the losses, and a timing taken in a
+    noisy moment must not decide them (docs/DESIGN.md, "Fast paths"). `cpuinfo`: the text of
+    /proc/cpuinfo (default: this machine's; not Linux: no fast bf16 assumed).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    if cpuinfo is None:
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:

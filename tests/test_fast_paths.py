@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from benchmarks.reference import SeedLSTM, get_batches, one_hot
 from src import stepper as stepper_mod
+from src.device import cpu_has_fast_bf16
 from src.model import CharRNN, ModelSpec, dropout_mask
 from src.sample import STEPPER_BELOW, Stepper, generate
 from src.vocab import build_vocab
@@ -248,3 +249,18 @@ def test_cpu_dropout_path_drops_and_scales_like_f_dropout():
         )
     assert (ours.mean(0) - fused.mean(0)).abs().mean() < 0.1 * fused.mean(0).abs().mean()
     assert 0.9 < ours.std(0).mean() / fused.std(0).mean() < 1.1
+
+
+# The flags lines of the CPU families met (trimmed to what matters, order as the kernel prints).
+_AMD_EPYC_ZEN5 = "flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+_INTEL_XEON_AMX = "flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+_INTEL_AMX_NO_AVX512_BF16 = "flags\t\t: fpu sse2 avx2 avx512f amx_tile amx_bf16\n"
+_LAPTOP_AVX2 = "flags\t\t: fpu vme sse2 avx2 fma\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n"
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, fast",
+    [(_AMD_EPYC_ZEN5, True), (_INTEL_XEON_AMX, True), (_INTEL_AMX_NO_AVX512_BF16, True), (_LAPTOP_AVX2, False)],
+)
+def test_precision_auto_is_bf16_exactly_on_the_cpu_families_with_bf16_dot_products(cpuinfo, fast):
+    assert cpu_has_fast_bf16(cpuinfo) is fast
