@@ -82,15 +82,15 @@ class ModelConfig(Section):
     # The recurrent cell (src/cells.py): "lstm", "gru" or "rnn" (tanh), as in karpathy/char-rnn.
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
     embedding_dim: PositiveInt = 64
-    lstm_size: PositiveInt = 384
+    lstm_size: PositiveInt = 512
     num_layers: PositiveInt = 2
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.5 keeps half the units)"))
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.5 keeps half the units)"))
 
 
 class TrainConfig(Section):
     batch_size: PositiveInt = 32
     seq_len: PositiveInt = 100
-    lr: float = Field(3.0e-3, gt=0.0, **_expect("a positive number such as 3.0e-3"))
+    lr: float = Field(1.7e-3, gt=0.0, **_expect("a positive number such as 1.7e-3"))
     # "cosine": decay from lr to min_lr over the run after warmup; "none": constant lr.
     lr_decay: Literal["none", "cosine"] = "cosine"
     min_lr: float = Field(3.0e-4, ge=0.0, **_expect("between 0 and train.lr"))

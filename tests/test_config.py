@@ -119,7 +119,7 @@ def test_bad_tune_values_name_the_key(raw, expected):
 
 def test_overrides_are_validated_like_the_file():
     cfg = with_overrides(Config(), {"model.lstm_size": 256})
-    assert cfg.model.lstm_size == 256 and Config().model.lstm_size == 384
+    assert cfg.model.lstm_size == 256 and Config().model.lstm_size == 512
     with pytest.raises(KarnnaError, match=r"trial: model\.dropout: 1\.5 is out of range"):
         with_overrides(Config(), {"model.dropout": 1.5}, "trial")
     with pytest.raises(KarnnaError, match="unknown parameter 'model.size'"):
