@@ -3,7 +3,7 @@
     python -m benchmarks.tune_workers [--trials 6] [--budget-chars 320000] [--rounds 2]
 
 Every variant runs the same fixed workload through the real entry point (`python -m src.tune`,
-tracking off, pruner off, the defaults' 2x384 model so that every trial costs the same) on a
+tracking off, pruner off, a fixed 2x384 model, the defaults until session 4, so that every trial costs the same) on a
 fresh journal file, and the variants take turns (round-robin, the order rotated each round)
 so that background load hits them alike:
 
