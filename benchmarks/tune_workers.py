@@ -9,7 +9,9 @@ so that background load hits them alike:
 
 - 1x2: one process, one trial at a time, 2 torch threads (`--n-jobs 1`, train.num_threads 2);
 - 2x1 processes: two `python -m src.tune` processes on one journal, 1 thread each;
-- 2x1 threads: one process, two trials at a time in threads, 1 torch thread each (`--n-jobs 2`).
+- 2x1 --n-jobs 2: one command that starts a second worker process on the same journal, 1 torch
+  thread each (what `--n-jobs 2` does on a CPU since session 4; before, it ran two trials in
+  threads of one process, measured as "2x1 threads" in docs/BENCHMARKS.md).
 
 Trials per hour count from the first trial's start to the last one's end (process start-up is
 reported apart). Needs data/split (`dvc repro split`).
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "1x2": [(1, 2, 1.0)],
     "2x1 processes": [(1, 1, 0.5), (1, 1, 0.5)],
-    "2x1 threads": [(2, 0, 1.0)],
+    "2x1 --n-jobs 2": [(2, 0, 1.0)],
 }
 
 

@@ -181,3 +181,16 @@ def trial_config(base: Config, params: dict[str, Any], steps: int) -> Config:
         },
         "trial",
     )
+
+
+def make_pruner(name: str, space: TuneConfig) -> optuna.pruners.BasePruner:
+    """Pruners that compare trials at the rungs of the ladder (Optuna steps 1, rf, rf^2, ...)."""
+    rf = space.reduction_factor
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=rf, min_early_stopping_rate=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=rf ** (space.rungs - 1), reduction_factor=rf)
+    if name == "median":
+        # Let a few trials finish before comparing.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()

@@ -1,7 +1,7 @@
 """Optuna search for the best model at the pipeline's own training budget.
 
     python -m src.tune --n-trials 30            # or --timeout 3600; rerun to add trials
-    python -m src.tune --n-jobs 1               # one trial at a time on every core (default: one per core)
+    python -m src.tune --n-jobs 1               # one trial at a time on every core (default: one process per core)
     python -m src.tune --storage postgresql://user:pw@host/db   # workers on many machines
 
 The space is the table `tune.space` of params.yaml (src/space.py). A trial trains with the
@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from src import fileio, tracking
+from src import fileio, tracking, tune_workers
 from src import space as search
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
@@ -40,24 +40,12 @@ from src.model import count_params
 from src.study_storage import lost_trial_callback, storage_for
 from src.train import TrainPaths, build_model, train
 from src.tune_results import best_trials_table, write_best
+from src.tune_workers import default_jobs, threads_per_trial  # noqa: F401 (part of this module's interface)
 from src.vocab import Vocab
 
 # The objective as optuna-dashboard and Optuna's plots name it.
 METRIC_NAME = "val loss (nats/char)"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_pruner(name: str, space: TuneConfig) -> optuna.pruners.BasePruner:
-    """Pruners that compare trials at the rungs of the ladder (Optuna steps 1, rf, rf^2, ...)."""
-    rf = space.reduction_factor
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=rf, min_early_stopping_rate=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=rf ** (space.rungs - 1), reduction_factor=rf)
-    if name == "median":
-        # Let a few trials finish before comparing.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    return optuna.pruners.NopPruner()
 
 
 class PruneOnEval:
@@ -205,15 +193,22 @@ def run_study(
     tracking_uri: Optional[str] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    worker_index: int = 0,
+    on_ready: Optional[Callable[[], None]] = None,
 ) -> optuna.Study:
-    """Create or resume the study and run n_trials more trials (or until timeout)."""
+    """Create or resume the study and run n_trials more trials (or until timeout).
+
+    worker_index: this process's place among the workers of `--n-jobs` (its sampler's seed is
+    tune.seed + worker_index); on_ready: called once the study, its enqueued trials and its
+    parent run exist, before the first trial (where `--n-jobs` starts the other workers).
+    """
     budget = check_study(base, space, study_data)
     study = optuna.create_study(
         study_name=space.study_name,
         storage=storage,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=space.seed),
-        pruner=make_pruner(space.pruner, space),
+        sampler=optuna.samplers.TPESampler(seed=space.seed + worker_index),
+        pruner=search.make_pruner(space.pruner, space),
         load_if_exists=True,
     )
     with warnings.catch_warnings():
@@ -225,6 +220,8 @@ def run_study(
             # skip_if_exists keeps a second worker starting at the same moment from enqueuing it again.
             study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
     parent_run_id = tracking.study_run(base, tracking_uri, study, space=_flat_space(space))
+    if on_ready is not None:
+        on_ready()
     before = sum(t.state.is_finished() for t in study.trials)
     log(
         f"study {space.study_name!r}: {before} trials finished so far; running {n_trials or 'unlimited'} more"
@@ -272,20 +269,6 @@ def _quiet_optuna():
         optuna.logging.set_verbosity(old)
 
 
-def default_jobs(device_type: str) -> int:
-    """Trials at a time when --n-jobs is not given: one per core on CPU (measured against one
-    trial on every core: docs/BENCHMARKS.md, "Tuning: workers on 2 cores"); one on a GPU."""
-    return max(1, os.cpu_count() or 1) if device_type == "cpu" else 1
-
-
-def threads_per_trial(num_threads: int, n_jobs: int) -> int:
-    """train.num_threads when set, else the cores split between the trials running at once
-    (0, torch's default of one thread per core, for a single trial)."""
-    if num_threads or n_jobs == 1:
-        return num_threads
-    return max(1, (os.cpu_count() or 1) // n_jobs)
-
-
 def _finish_study_run(base: Config, uri: str, study: optuna.Study, best: dict[str, Any]) -> None:
     """The study's parent run: trial counts, the best loss, Optuna's plots, best_params.yaml."""
     states = [t.state for t in study.trials]
@@ -309,9 +292,12 @@ def _parser() -> argparse.ArgumentParser:
         "--n-jobs",
         type=int,
         default=None,
-        help="trials in parallel threads of this process, the cores split between them "
-        "(default: one per core on CPU, 1 on a GPU)",
+        help="trials at a time, the cores split between them: on CPU one worker process each "
+        "(on one study), on a GPU threads of this process (default: one per core on CPU, 1 on a GPU)",
     )
+    # Set by --n-jobs for the worker processes it starts (src/tune_workers.py), not by hand.
+    p.add_argument("--join", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument(
         "--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)"
     )
@@ -330,7 +316,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(raw_argv)
     try:
         raw = fileio.read_params(args.params)
         base = config_from_dict(raw, args.params.name)
@@ -341,7 +328,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         n_jobs = default_jobs(device.type) if args.n_jobs is None else args.n_jobs
         if n_jobs < 1:
             raise KarnnaError(f"--n-jobs is {n_jobs}; use 1 or more")
-        configure_process(threads_per_trial(base.train.num_threads, n_jobs), device)
+        # On CPU the trials run in worker processes (src/tune_workers.py), on a GPU in threads.
+        workers = args.join or (n_jobs if device.type == "cpu" else 1)
+        threads = 1 if device.type == "cpu" else n_jobs
+        configure_process(threads_per_trial(base.train.num_threads, max(workers, threads)), device)
         split_dir, vocab_path = ROOT / "data" / "split", ROOT / "data" / "vocab.json"
         for name in ("train.npy", "val.npy"):
             if not (split_dir / name).is_file():
@@ -361,17 +351,30 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise KarnnaError(f"--heartbeat is {args.heartbeat}; use 1 second or more")
         storage = storage_for(space.storage, ROOT / "tune" / "journal.log", args.heartbeat, lost_trial_callback(uri))
         n_trials = args.n_trials if args.n_trials is not None else (None if args.timeout else space.n_trials)
-        study = run_study(
-            base,
-            space,
-            study_data,
-            storage,
-            n_trials=n_trials,
-            timeout=args.timeout,
-            n_jobs=n_jobs,
-            tracking_uri=uri,
-            progress=not args.no_progress,
-        )
+        shares = [n_trials] if args.join else tune_workers.split_trials(n_trials, workers)
+        joined: list = []
+        try:
+            study = run_study(
+                base,
+                space,
+                study_data,
+                storage,
+                n_trials=shares[0],
+                timeout=args.timeout,
+                n_jobs=threads,
+                tracking_uri=uri,
+                progress=not args.no_progress,
+                worker_index=args.worker_index,
+                on_ready=lambda: joined.extend(tune_workers.start(raw_argv, shares)),
+            )
+            failed = [code for code in tune_workers.finish(joined) if code != 0]
+        except BaseException:
+            tune_workers.stop(joined)
+            raise
+        if args.join:
+            return 0
+        if failed:
+            print(f"warning: {len(failed)} of the {len(joined)} other worker processes failed", file=sys.stderr)
         print(best_trials_table(study))
         best = write_best(study, ROOT / "tune" / "best_params.yaml")
         if best is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -316,7 +318,7 @@ def test_pruners_on_a_synthetic_objective():
 
     for name in ("halving", "hyperband", "median"):
         study = optuna.create_study(
-            pruner=tune.make_pruner(name, _space(rungs=3)), sampler=optuna.samplers.RandomSampler(seed=0)
+            pruner=search.make_pruner(name, _space(rungs=3)), sampler=optuna.samplers.RandomSampler(seed=0)
         )
         study.optimize(objective, n_trials=30)
         pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -583,3 +585,75 @@ def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_da
         # it was worse than the median of the completed trials at that rung
         step, value = max(t.intermediate_values.items())
         assert value > np.median([c.intermediate_values[step] for c in complete if c.number < t.number])
+
+
+def test_n_trials_are_split_between_the_worker_processes_and_each_gets_its_own_command_line():
+    from src import tune_workers
+
+    assert tune_workers.split_trials(5, 2) == [3, 2] and tune_workers.split_trials(1, 2) == [1, 0]
+    assert tune_workers.split_trials(None, 3) == [None, None, None]
+    cmd = tune_workers.worker_command(["--n-jobs", "2", "--timeout", "60", "--n-trials=9", "--no-progress"], 1, 2, 4)
+    assert cmd[1:3] == ["-m", "src.tune"]
+    assert cmd[3:] == [
+        "--timeout",
+        "60",
+        "--no-progress",
+        "--n-trials",
+        "4",
+        "--join",
+        "2",
+        "--worker-index",
+        "1",
+        "--no-progress",
+    ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended
+
+
+@pytest.mark.slow
+def test_n_jobs_runs_worker_processes_on_one_study_and_they_die_with_the_caller(stage_repo):
+    import time
+
+    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), pruner="none")
+    storage = tune.storage_for(str(stage_repo / "tune" / "journal.log"), stage_repo / "unused.log")
+    cmd = [sys.executable, "-m", "src.tune", "--n-jobs", "2", "--no-progress"]
+    proc = subprocess.run([*cmd, "--n-trials", "4"], cwd=stage_repo, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("best: trial") == 1  # one summary, by the caller
+    trials = optuna.load_study(study_name="w", storage=storage).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3] and all(t.state.is_finished() for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # "host:pid" of two processes (threads of one would share it)
+
+    # The caller killed without warning: the worker it started goes too (no orphan training on).
+    (stage_repo / "params.yaml").write_text(
+        (stage_repo / "params.yaml").read_text().replace("budget_chars: 3000", "budget_chars: 3000000")
+    )
+    caller = subprocess.Popen(
+        [*cmd, "--n-trials", "50", "--study-name", "k"],
+        cwd=stage_repo,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline, joined = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and not joined:
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError, ValueError):
+            running = optuna.load_study(study_name="k", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
+            joined = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running} - {caller.pid}
+    assert joined, "the joined worker never started a trial"
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in joined):
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in joined)
