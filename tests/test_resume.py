@@ -21,7 +21,7 @@ from src.train_state import plan_resume
 from tests.conftest import Crash, CrashAt, _env, tiny_params, write_params
 
 
-def _cfg(**train):
+def _cfg(dropout: float = 0.3, **train):
     return config_from_dict(
         tiny_params(
             train={
@@ -32,7 +32,7 @@ def _cfg(**train):
                 "log_interval": 1,
                 **train,
             },
-            model={"dropout": 0.3},
+            model={"dropout": dropout},
         )
     )
 
@@ -74,27 +74,10 @@ def test_resume_policy(tmp_path, tiny_data):
         train(cfg, vocab, tr, va, paths, reporter=CrashAt(25), progress=False, log=lambda _: None)
 
     messages = []
-    other = config_from_dict(
-        tiny_params(
-            train={"max_steps": 60, "checkpoint_interval": 10, "eval_interval": 20, "epochs": 5, "log_interval": 1},
-            model={"dropout": 0.1},
-        )
-    )
+    other = _cfg(dropout=0.1)
     assert plan_resume(other, tr, va, paths, log=messages.append) is None
     assert "model.dropout: 0.3 -> 0.1" in messages[0] and "starting fresh" in messages[0]
-    strict = config_from_dict(
-        tiny_params(
-            train={
-                "max_steps": 60,
-                "checkpoint_interval": 10,
-                "eval_interval": 20,
-                "epochs": 5,
-                "log_interval": 1,
-                "resume": "require",
-            },
-            model={"dropout": 0.1},
-        )
-    )
+    strict = _cfg(dropout=0.1, resume="require")
     with pytest.raises(KarnnaError, match=r"made with other params or data \(model.dropout"):
         plan_resume(strict, tr, va, paths)
     # Other data is never resumed silently either.

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_CORPUS, TINY_TEXT, _env, tiny_params
-from tests.test_tracking import free_port, start_server, stop_server, wait_http
+from tests.test_tracking import free_port, serve_command, start_server, stop_server, wait_http
 
 PG_URL = os.environ.get("KARNNA_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(
@@ -248,21 +248,7 @@ def _serve_champion(team: Path, env: dict) -> None:
     port = free_port()
     log = team / "serve.log"
     proc = start_server(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL}@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
+        serve_command(f"models:/{MODEL}@champion", port),
         log,
         env={**env, "PATH": _env()["PATH"]},  # its scoring server is the venv's uvicorn
     )

@@ -134,6 +134,25 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) 
     pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def serve_command(model_uri: str, port: int) -> list[str]:
+    """`mlflow models serve` of a registered model on 127.0.0.1, one worker, this environment's packages."""
+    return [
+        MLFLOW,
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
+
+
 def start_server(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     # A session of its own, so teardown can stop the server's worker processes too.
     with log.open("w") as out:
@@ -489,21 +508,7 @@ def test_models_serve_answers_invocations(store, trained, tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"
     proc = start_server(
-        [
-            MLFLOW,
-            "models",
-            "serve",
-            "-m",
-            "models:/tiny-model@champion",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
+        serve_command("models:/tiny-model@champion", port),
         log,
         env={"MLFLOW_TRACKING_URI": uri},
     )
