@@ -66,7 +66,9 @@ def generate(
     call; then one step per character for all samples at once (a batch of num_samples). The
     same seed gives the same text on the same kind of device (the draws come from a generator
     on the model's device: the CPU's for MPS). `gemv` names the Stepper's matrix-vector path
-    (src.stepper.GEMV_PATHS); None measures which is fastest here, once per process.
+    (src.stepper.GEMV_PATHS); None measures which is fastest here, once per process; "fp32"
+    the fastest of the fp32 paths, which all draw the plain loop's text for a seed (bf16 and
+    int8 weights draw from the same distribution, not the same text).
     """
     if length < 1:
         raise KarnnaError(f"sample length is {length}; ask for at least 1 character")

@@ -17,10 +17,13 @@ Candidates (GEMV_PATHS):
 - "torch": fp32, torch's CPU matmul (MKL in the CPU build);
 - "bf16": weights rounded to bf16 once, products by torch/oneDNN (half the bytes to read; fast
   where the CPU has AMX). Its logits differ from fp32 by about 1e-3, so for a given seed the text
-  is not the fp32 text, only the same distribution (tests/test_fast_paths.py checks that).
-"bf16" and "numpy" are taken only when they beat every other path by MARGIN (pick): a gap timing
-noise does not cross, so a seed's text stays stable from run to run, and a path that collapses
-under load is not taken for a small gain measured in a quiet moment.
+  is not the fp32 text, only the same distribution (tests/test_fast_paths.py checks that);
+- "int8": weights as int8 with a bf16 scale per row (a quarter of the bytes), products by torch's
+  weight-only int8 kernel on bf16 inputs; the same distribution too (tested likewise).
+"bf16" and "int8" are taken only when they beat the fp32 one-thread paths by MARGIN, and "numpy"
+only when it beats whatever was chosen so far by MARGIN too (pick): a gap timing noise does not
+cross, so a seed's text stays stable from run to run, and a path that collapses under load is
+not taken for a small gain measured in a quiet moment.
 """
 
 from __future__ import annotations
@@ -52,19 +55,45 @@ def _bf16_times(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(x.to(torch.bfloat16), w).float()
 
 
+def _int8_prepare(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row, on the bf16 scale the product multiplies by."""
+    scales = (w.abs().amax(dim=1).clamp_min(1e-12) / 127).to(torch.bfloat16)
+    return torch.round(w / scales.float()[:, None]).clamp_(-127, 127).to(torch.int8), scales
+
+
+def _int8_times(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return torch._weight_int8pack_mm(x.to(torch.bfloat16), *w).float()
+
+
+def int8_fits(in_features: int) -> bool:
+    """Whether torch's weight-only int8 kernel takes an input of this width: on torch 2.13's x86
+    kernel a width that is not a multiple of 16 read past the row (garbage for 24, a crash for
+    500), so the path is offered only for multiples of 32 (every lstm_size of the search space)."""
+    return in_features % 32 == 0 and hasattr(torch, "_weight_int8pack_mm")
+
+
 # name -> (prepare an fp32 weight once, the product); prepared weights never copy back.
 GEMV_PATHS: dict[str, tuple[Callable[[torch.Tensor], object], Times]] = {
     "numpy": (lambda w: w.numpy(), _numpy_times),
     "numpy-1": (lambda w: w.numpy(), _numpy_times),
     "torch": (lambda w: w, _torch_times),
     "bf16": (lambda w: w.to(torch.bfloat16), _bf16_times),
+    "int8": (_int8_prepare, _int8_times),
 }
 EXACT_PATHS = ("numpy", "numpy-1", "torch")  # fp32: the plain path's arithmetic up to summation order
-# Taken only when faster than the best of the others by MARGIN: bf16 changes a seed's text, so
-# noise must not flip it in and out; BLAS on several threads was 1.25x faster than on one on a
-# quiet machine but 100-200x slower (20-47 ms a step) while other processes kept the cores busy.
-NEEDS_MARGIN = ("bf16", "numpy")
+# Paths that displace the choice only by beating it by MARGIN, tier by tier: bf16 and int8 change
+# a seed's text, so noise must not flip them in and out; then BLAS on several threads, which was
+# 1.25x faster than one on a quiet machine but 100-200x slower (20-47 ms a step) while other
+# processes kept the cores busy: it must beat the one-thread reduced-precision paths too.
+MARGIN_TIERS = (("bf16", "int8"), ("numpy",))
+NEEDS_MARGIN = tuple(p for tier in MARGIN_TIERS for p in tier)
 MARGIN = 1.3
+
+
+def paths_for(model: CharRNN) -> tuple[str, ...]:
+    """The GEMV paths this model's shapes can take (int8 needs a width int8_fits)."""
+    return tuple(p for p in GEMV_PATHS if p != "int8" or int8_fits(model.spec.lstm_size))
+
 
 _BLAS: Optional[ThreadpoolController] = None
 
@@ -82,19 +111,28 @@ def blas_threads(path: str) -> ContextManager:
 _CHOSEN: dict[tuple, tuple[str, dict[str, float]]] = {}
 
 
+# Stepper(model, FP32): the fastest of EXACT_PATHS, for text that must be the same on a rerun.
+FP32 = "fp32"
+
+
 class Stepper:
     """Advances a CharRNN by one character per call; a snapshot of its weights.
 
     The first layer's input is always one of vocab_size embeddings, so its input projection and
     biases become a (vocab, gates x H) table, looked up per step; the cell's step (src.cells)
     does the rest, gates in torch's order. No dropout, as in eval mode. `path` names a
-    GEMV_PATHS entry; None measures them (choose_path). Calls run inside
-    `with stepper.threads():` (the BLAS thread setting of the path). Build a new Stepper after
-    the weights change.
+    GEMV_PATHS entry; None measures them all (choose_path), FP32 ("fp32") the fp32 ones only.
+    Calls run inside `with stepper.threads():` (the BLAS thread setting of the path). Build a
+    new Stepper after the weights change.
     """
 
     def __init__(self, model: CharRNN, path: Optional[str] = None):
-        self.path = path or choose_path(model)
+        self.path = choose_path(model, exact=path == FP32) if path in (None, FP32) else path
+        if self.path not in paths_for(model):
+            raise ValueError(
+                f"GEMV path {self.path!r} is not one for lstm_size {model.spec.lstm_size}: "
+                f"use one of {', '.join(paths_for(model))}, {FP32!r} or None (measured)"
+            )
         prepare, self.times = GEMV_PATHS[self.path]
         self.cell = model.cell
         self.layers = []
@@ -125,12 +163,13 @@ class Stepper:
         return self.head(x), new
 
 
-def time_paths(model: CharRNN, paths=tuple(GEMV_PATHS), rounds: int = 5, steps: int = 8) -> dict[str, float]:
-    """Median seconds of one batch-1 step of `model` on each path, the paths interleaved per round."""
-    steppers = {p: Stepper(model, p) for p in paths}
+def time_paths(model: CharRNN, paths: Optional[tuple] = None, rounds: int = 5, steps: int = 8) -> dict[str, float]:
+    """Median seconds of one batch-1 step of `model` on each path (default: every path its shapes
+    fit), the paths interleaved per round."""
+    steppers = {p: Stepper(model, p) for p in paths or paths_for(model)}
     states = Stepper.states(model.init_hidden(1))
     idx = torch.zeros(1, dtype=torch.long)
-    times: dict[str, list[float]] = {p: [] for p in paths}
+    times: dict[str, list[float]] = {p: [] for p in steppers}
     with torch.inference_mode():
         for step in steppers.values():
             step(idx, states)  # warm-up: first calls build kernels
@@ -145,18 +184,26 @@ def time_paths(model: CharRNN, paths=tuple(GEMV_PATHS), rounds: int = 5, steps: 
 
 
 def pick(times: dict[str, float]) -> str:
-    """The fastest path; one of NEEDS_MARGIN only where it beats every other path by MARGIN."""
-    safe = [p for p in times if p not in NEEDS_MARGIN]
-    best = min(safe, key=times.get) if safe else min(times, key=times.get)
-    fastest = min(times, key=times.get)
-    return fastest if times[fastest] * MARGIN < times[best] else best
+    """The fastest path without a margin (numpy-1, torch), displaced by the fastest of each
+    MARGIN_TIERS tier in turn where it is faster than the choice so far by MARGIN."""
+    choice = min((p for p in times if p not in NEEDS_MARGIN), key=times.get, default=None)
+    for tier in MARGIN_TIERS:
+        fastest = min((p for p in tier if p in times), key=times.get, default=None)
+        if fastest is not None and (choice is None or times[fastest] * MARGIN < times[choice]):
+            choice = fastest
+    if choice is None:
+        raise ValueError(f"no GEMV path was timed: {times}")
+    return choice
 
 
-def choose_path(model: CharRNN) -> str:
-    """The GEMV path for this model's shapes at the current torch thread count, measured once per process."""
-    key = (model.spec.cell, tuple(tuple(p.shape) for p in model.rnn.parameters()), torch.get_num_threads())
+def choose_path(model: CharRNN, exact: bool = False) -> str:
+    """The GEMV path for this model's shapes at the current torch thread count, measured once per
+    process; exact: among the fp32 paths only (EXACT_PATHS), whose text for a seed is the plain
+    loop's whichever wins the timing."""
+    shapes = tuple(tuple(p.shape) for p in model.rnn.parameters())
+    key = (model.spec.cell, shapes, torch.get_num_threads(), exact)
     if key not in _CHOSEN:
-        times = time_paths(model)
+        times = time_paths(model, EXACT_PATHS if exact else None)
         _CHOSEN[key] = (pick(times), times)
     return _CHOSEN[key][0]
 
