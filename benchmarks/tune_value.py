@@ -23,80 +23,24 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import optuna
-import torch
-import yaml
 
-from src import checkpoint, evaluate, fileio, tune
+from benchmarks.budget_screen import MAX_STEPS_ENV, load_avg, read_params, split_data, train_one
+from src import fileio, tune
 from src import space as search
 from src.config import config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
-from src.train import TrainPaths, train
-from src.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[1]
-# --max-steps (a smoke run of the script): replaces train.max_steps of params.yaml everywhere.
-MAX_STEPS_ENV = "KARNNA_BENCH_MAX_STEPS"
-
-
-def read_params() -> dict:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["tracking"]["enabled"] = False
-    if os.environ.get(MAX_STEPS_ENV):
-        raw["train"]["max_steps"] = int(os.environ[MAX_STEPS_ENV])
-    return raw
-
-
-def load_avg() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def study_data() -> tune.StudyData:
-    split = ROOT / "data" / "split"
-    return tune.StudyData(
-        Vocab.load(ROOT / "data" / "vocab.json"),
-        fileio.read_npy(split / "train.npy"),
-        fileio.read_npy(split / "val.npy"),
-    )
-
-
-def train_one(job: tuple[str, dict, int]) -> dict:
-    """One pipeline training (a process of its own, one thread) and its fp32 score on the whole split."""
-    label, overrides, seed = job
-    raw = read_params()
-    cfg = with_overrides(
-        config_from_dict(raw),
-        {**overrides, "train.seed": seed, "train.num_threads": 1, "train.resume": "never"},
-        "benchmark",
-    )
-    configure_process(1, resolve_device(cfg.train.device))
-    data = study_data()
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = TrainPaths(Path(tmp) / "best.pt", Path(tmp) / "last.pt")
-        result = train(cfg, data.vocab, data.train_ids, data.val_ids, paths, progress=False, log=lambda _: None)
-        model, _, _ = checkpoint.load(paths.best, torch.device("cpu"))
-        fp32 = evaluate.stream_loss(
-            model, torch.from_numpy(data.val_ids.astype("int64")), cfg.evaluate.rows, cfg.evaluate.chunk_len, None
-        )
-    return {
-        "label": label,
-        "seed": seed,
-        "overrides": overrides,
-        "eval_fp32": fp32,
-        "best_val": result.best_val_loss,
-        "best_step": result.best_step,
-        "last_val": result.val_history[-1][1],
-        "final_train_loss": result.final_train_loss,
-        "seconds": result.seconds,
-        "steps": result.steps,
-        "n_params": result.n_params,
-    }
+    return tune.StudyData(*split_data())
 
 
 def run_search(minutes: float, journal: Path) -> optuna.Study:
