@@ -10,10 +10,12 @@ depend on them), top-k 5, prime "Far".
   numpy argsort for top-k; timed at --threads and at one thread, and the faster of the two is
   the baseline of every ratio (so that a thread setting that suits the reference badly does not
   flatter the project); a ratio is the median over rounds of each round's own ratio.
-- project: generate() with one sample, and with --batch samples at once (total characters/s),
-  the latter at --threads and at one thread.
+- project: generate() with one sample, with a seed (the fp32 paths, the plain loop's text) and
+  without (every path, int8 and bf16 included), and with --batch samples at once (total
+  characters/s), the latter at --threads and at one thread.
 - the floor: one character's matrix-vector products alone (the stepper's weights, read once, by
-  the fastest of the Stepper's candidate paths: numpy's BLAS on its threads or one, torch, bf16),
+  the fastest of the Stepper's candidate paths: numpy's BLAS on its threads or one, torch, bf16,
+  int8; the share of the fastest fp32 products alone is printed too),
   the rate sampling would reach if nothing else cost anything; batch-1 utilisation is the median
   over rounds of each round's rate against that round's floor.
   Batched utilisation is model FLOP/s against the fp32 matmul peak (benchmarks.peak) at the same
@@ -34,18 +36,20 @@ from benchmarks.common import fmt_rate, machine, median, read_novel, table, thre
 from benchmarks.reference import SeedLSTM, seed_sample
 from src.model import CharRNN, ModelSpec
 from src.sample import generate
-from src.stepper import GEMV_PATHS, blas_threads, chosen
+from src.stepper import EXACT_PATHS, GEMV_PATHS, blas_threads, chosen, paths_for
 from src.vocab import build_vocab
 
 LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
+SEEDED, UNSEEDED = "project, batch 1, a seed", "project, batch 1, no seed"
 
 
-def gemv_floor_seconds(model: CharRNN, repeats: int = 200) -> float:
-    """Seconds of one character's matrix-vector products, nothing else, on the fastest of the
-    Stepper's candidate paths (src.stepper.GEMV_PATHS; torch on one thread, as generate() runs
-    it): the rate sampling would reach if nothing else cost anything. Each path is timed as a
-    burst of `repeats` characters' products back to back (the mean, as a generate() call meets
-    the machine's load over its whole length, not the median of quiet microseconds)."""
+def gemv_product_seconds(model: CharRNN, repeats: int = 200) -> dict[str, float]:
+    """Seconds of one character's matrix-vector products, nothing else, on each of the Stepper's
+    candidate paths (src.stepper.paths_for; torch on one thread, as generate() runs it); the
+    fastest is the GEMV floor, the rate sampling would reach if nothing else cost anything. Each
+    path is timed as a burst of `repeats` characters' products back to back (the mean, as a
+    generate() call meets the machine's load over its whole length, not the median of quiet
+    microseconds)."""
     mats = [w.detach() for n in range(NUM_LAYERS) for w in model.layer_weights(n)[:2]]
     mats = mats[1:] + [model.head.weight.detach()]  # the first input projection is a table lookup
     vec = torch.randn(1, LSTM_SIZE)
@@ -66,7 +70,7 @@ def gemv_floor_seconds(model: CharRNN, repeats: int = 200) -> float:
 
     try:
         with torch.inference_mode():
-            return min(seconds(path) for path in GEMV_PATHS)
+            return {path: seconds(path) for path in paths_for(model)}
     finally:
         torch.set_num_threads(before)
 
@@ -110,10 +114,11 @@ def make_tasks(args, model: CharRNN, vocab, thread_settings: list[int]) -> tuple
             with_threads(n, lambda: seed_sample(reference, char_to_id, vocab.chars, PRIME, args.ref_length, TOP_K)),
             args.ref_length,
         )
-    tasks["project, batch 1"] = (
-        lambda: timed(lambda: generate(model, vocab, PRIME, args.length, TOP_K, seed=1)),
-        args.length,
-    )
+    for name, seed in ((SEEDED, 1), (UNSEEDED, None)):  # a seed: the fp32 paths only (src.sample)
+        tasks[name] = (
+            lambda seed=seed: timed(lambda: generate(model, vocab, PRIME, args.length, TOP_K, seed=seed)),
+            args.length,
+        )
     batched = {f"project, batch {args.batch}, {n} thread(s)": n for n in thread_settings}
     for name, n in batched.items():
         tasks[name] = (
@@ -136,13 +141,13 @@ def run_rounds(args, tasks, model: CharRNN, thread_settings: list[int]):
     for run, _ in tasks.values():
         run()  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in tasks}
-    floors: list[float] = []
+    products: list[dict[str, float]] = []  # per round: each path's products alone
     peaks: dict[int, list[float]] = {n: [] for n in thread_settings}
     names = list(tasks) + ["floor"]
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             if name == "floor":
-                floors.append(gemv_floor_seconds(model))
+                products.append(gemv_product_seconds(model))
                 for n in thread_settings:
                     torch.set_num_threads(n)
                     peaks[n].append(peak.measure(shapes, ["fp32"], 0.4)["fp32"]["peak"])
@@ -153,10 +158,12 @@ def run_rounds(args, tasks, model: CharRNN, thread_settings: list[int]):
         print(
             f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {fmt_rate(v[-1])}" for k, v in rates.items()), flush=True
         )
-    return rates, floors, peaks
+    return rates, products, peaks
 
 
-def report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings) -> dict[str, Any]:
+def report(args, vocab, tasks, batched, rates, products, peaks, thread_settings) -> dict[str, Any]:
+    floors = [min(p.values()) for p in products]
+    fp32_floors = [min(t for path, t in p.items() if path in EXACT_PATHS) for p in products]
     ref_names = [f"reference, batch 1, {n} thread(s)" for n in thread_settings]
     ref_best = max(median(rates[name]) for name in ref_names)
     # Each round's ratio against that round's faster reference: load that comes and goes cancels.
@@ -176,31 +183,40 @@ def report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings) -
         ratio = median(mine / ref for mine, ref in zip(rates[name], ref_by_round))
         rows.append([name, fmt_rate(cps), fmt_rate(ref_best), f"{ratio:.1f}x", util])
         out[name] = {"chars_per_sec": cps, "vs_reference": ratio, "per_round": rates[name]}
-    for (cell, _, threads), (path, times) in chosen().items():
+    for (cell, _, threads, exact), (path, times) in chosen().items():
         print(
             f"path: the Stepper chose {path!r} for the {cell} at {threads} torch thread(s) by timing one step of "
-            "each candidate (median us): " + ", ".join(f"{p} {t * 1e6:.0f}" for p, t in times.items())
+            f"each {'fp32 ' if exact else ''}candidate (median us): "
+            + ", ".join(f"{p} {t * 1e6:.0f}" for p, t in times.items())
         )
+    print(
+        "one character's products alone, per path (median us over rounds): "
+        + ", ".join(f"{p} {median([r[p] for r in products]) * 1e6:.0f}" for p in products[0])
+    )
     print()
     print(table(["sampling", "chars/s", "reference chars/s (best)", "ratio (median of rounds)", "utilisation"], rows))
     print(
         f"\nforward FLOPs per generated character (LSTM): {flops / 1e6:.2f}M (the first layer's input "
         "projection is a table lookup)"
     )
-    single = out["project, batch 1"]["vs_reference"]
-    share = median(mine * floor for mine, floor in zip(rates["project, batch 1"], floors))
     many = max(out[name]["vs_reference"] for name in batched)
-    print(
-        f"goals: batch 1 >= 5x: {'met' if single >= 5 else 'not met'} ({single:.1f}x); "
-        f"batch 1 >= 50% of the GEMV floor: {'met' if share >= 0.5 else 'not met'} ({share * 100:.0f}%); "
-        f"batch {args.batch} >= 20x: {'met' if many >= 20 else 'not met'} ({many:.1f}x)"
-    )
+    for name in (SEEDED, UNSEEDED):
+        single = out[name]["vs_reference"]
+        share = median(mine * floor for mine, floor in zip(rates[name], floors))
+        share32 = median(mine * floor for mine, floor in zip(rates[name], fp32_floors))
+        print(
+            f"goals, {name}: >= 5x: {'met' if single >= 5 else 'not met'} ({single:.1f}x); "
+            f">= 50% of the GEMV floor: {'met' if share >= 0.5 else 'not met'} ({share * 100:.0f}%; "
+            f"{share32 * 100:.0f}% of the fastest fp32 products alone)"
+        )
+    print(f"goal, batch {args.batch} >= 20x: {'met' if many >= 20 else 'not met'} ({many:.1f}x)")
     return {
         "machine": machine(args.threads),
         "cell": args.cell,
         "results": out,
-        "stepper_choice": {str(k[2]): v for k, v in chosen().items()},
+        "stepper_choice": {f"{k[2]} threads{', fp32' if k[3] else ''}": v for k, v in chosen().items()},
         "gemv_floor_chars_per_sec": floor_rate,
+        "products_seconds_per_path": {p: median([r[p] for r in products]) for p in products[0]},
         "fp32_peak": fp32_peak,
         "flops_per_char": flops,
     }
@@ -215,8 +231,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5, args.cell)).eval()
     thread_settings = sorted({args.threads, 1}, reverse=True)
     tasks, batched = make_tasks(args, model, vocab, thread_settings)
-    rates, floors, peaks = run_rounds(args, tasks, model, thread_settings)
-    write_json(args.json, report(args, vocab, tasks, batched, rates, floors, peaks, thread_settings))
+    rates, products, peaks = run_rounds(args, tasks, model, thread_settings)
+    write_json(args.json, report(args, vocab, tasks, batched, rates, products, peaks, thread_settings))
     return 0
 
 

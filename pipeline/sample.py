@@ -5,7 +5,6 @@ import sys
 from pipeline.common import BEST, SAMPLES, load_config, stage, tracking_uri
 from src import checkpoint, fileio, tracking
 from src.sample import generate
-from src.stepper import FP32
 
 
 @stage
@@ -13,10 +12,7 @@ def main() -> None:
     cfg = load_config()
     s = cfg.sample
     model, vocab, payload = checkpoint.load(BEST, "cpu")
-    # fp32 products: the tracked sample is the same text on a rerun, whichever path is fastest today
-    (text,) = generate(
-        model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed, gemv=FP32
-    )
+    (text,) = generate(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed)
     path = SAMPLES / "sample.txt"
     fileio.write_text(path, text + "\n")
     print(text)

@@ -17,7 +17,7 @@ from src import checkpoint
 from src.config import SampleConfig
 from src.errors import KarnnaError
 from src.model import CharRNN, State, count_params
-from src.stepper import Stepper
+from src.stepper import FP32, Stepper
 from src.vocab import Vocab
 
 
@@ -66,9 +66,10 @@ def generate(
     call; then one step per character for all samples at once (a batch of num_samples). The
     same seed gives the same text on the same kind of device (the draws come from a generator
     on the model's device: the CPU's for MPS). `gemv` names the Stepper's matrix-vector path
-    (src.stepper.GEMV_PATHS); None measures which is fastest here, once per process; "fp32"
-    the fastest of the fp32 paths, which all draw the plain loop's text for a seed (bf16 and
-    int8 weights draw from the same distribution, not the same text).
+    (src.stepper.GEMV_PATHS, or "fp32": the fastest fp32 one); None measures which is fastest
+    here, once per process: among the fp32 paths when a seed is given, as they all draw the
+    plain loop's text for a seed, and among all of them without one (bf16 and int8 weights draw
+    from the same distribution, not the same text).
     """
     if length < 1:
         raise KarnnaError(f"sample length is {length}; ask for at least 1 character")
@@ -135,7 +136,10 @@ def _draw(
         gen.seed()
     idx = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0).expand(num_samples, -1)
     logits, hidden = model(idx)
-    step = Stepper(model, gemv) if device.type == "cpu" and num_samples < STEPPER_BELOW else FusedStepper(model)
+    if device.type == "cpu" and num_samples < STEPPER_BELOW:
+        step = Stepper(model, gemv or (FP32 if seed is not None else None))  # a seed asks for its text
+    else:
+        step = FusedStepper(model)
     states = step.states(hidden)
     with step.threads():
         return _loop(step, states, logits[:, -1], length, k, temperature, gen, draw_on)
