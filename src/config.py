@@ -99,7 +99,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0, **_expect("0 or more"))
     epochs: PositiveInt = 20
     # Stop after this many optimiser steps even if epochs remain (the CPU budget). None: all epochs.
-    max_steps: Optional[int] = Field(4000, ge=1, **_expect("a positive integer or null"))
+    max_steps: Optional[int] = Field(5000, ge=1, **_expect("a positive integer or null"))
     # Validate every eval_interval steps (and at the end).
     eval_interval: PositiveInt = 500
     seed: int = 1234
