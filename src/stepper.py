@@ -30,6 +30,7 @@ a quiet moment.
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from typing import Callable, ContextManager, Optional
@@ -66,11 +67,24 @@ def _int8_times(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return torch._weight_int8pack_mm(x.to(torch.bfloat16), *w).float()
 
 
+@functools.cache
+def _int8_kernel_works() -> bool:
+    """torch's weight-only int8 kernel is private: a build or CPU may lack it or refuse it. One
+    small product against its fp32 value, once per process."""
+    w = torch.linspace(-1, 1, 64 * 32).reshape(64, 32)
+    x = torch.linspace(1, -1, 32).reshape(1, 32)
+    try:
+        got = _int8_times(x, _int8_prepare(w))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.allclose(got, x @ w.T, atol=0.05))
+
+
 def int8_fits(in_features: int) -> bool:
     """Whether torch's weight-only int8 kernel takes an input of this width: on torch 2.13's x86
     kernel a width that is not a multiple of 16 read past the row (garbage for 24, a crash for
     500), so the path is offered only for multiples of 32 (every lstm_size of the search space)."""
-    return in_features % 32 == 0 and hasattr(torch, "_weight_int8pack_mm")
+    return in_features % 32 == 0 and _int8_kernel_works()
 
 
 # name -> (prepare an fp32 weight once, the product); prepared weights never copy back.

@@ -207,6 +207,22 @@ def test_int8_is_offered_only_for_widths_its_kernel_takes(size):
         Stepper(model, "int8")
 
 
+def _no_kernel(*_):
+    raise RuntimeError("no kernel for this CPU")
+
+
+@pytest.mark.parametrize("kernel", [_no_kernel, lambda x, w, scales: torch.zeros(x.size(0), w.size(0))])
+def test_int8_is_not_offered_where_its_kernel_fails_or_is_wrong(monkeypatch, kernel):
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "_weight_int8pack_mm", kernel)
+            stepper_mod._int8_kernel_works.cache_clear()
+            assert "int8" not in stepper_mod.paths_for(_model(size=32))
+    finally:
+        stepper_mod._int8_kernel_works.cache_clear()
+    assert "int8" in stepper_mod.paths_for(_model(size=32))  # the real kernel again
+
+
 def _peaky_model(vocab_size, seed=0):
     """A random model whose next-character distributions are far from uniform, as a trained one's
     (32 wide: a width every GEMV path takes)."""
