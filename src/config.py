@@ -84,7 +84,7 @@ class ModelConfig(Section):
     embedding_dim: PositiveInt = 64
     lstm_size: PositiveInt = 512
     num_layers: PositiveInt = 2
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.5 keeps half the units)"))
+    dropout: float = Field(0.25, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.5 keeps half the units)"))
 
 
 class TrainConfig(Section):
