@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 
 from benchmarks.budget_screen import MAX_STEPS_ENV, load_avg, read_params, split_data, train_one
-from src import fileio, tune
+from src import fileio, tune, tune_workers
 from src import space as search
 from src.config import config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device
@@ -48,8 +48,8 @@ def run_search(minutes: float, journal: Path) -> optuna.Study:
     base, space = config_from_dict(raw), tune_config_from_dict(raw)
     space = with_overrides(space, {"study_name": f"tune-value-{time.strftime('%Y%m%d-%H%M%S')}"}, "benchmark")
     device = resolve_device(base.train.device)
-    n_jobs = tune.default_jobs(device.type)
-    configure_process(tune.threads_per_trial(base.train.num_threads, n_jobs), device)
+    n_jobs = tune_workers.default_jobs(device.type)
+    configure_process(tune_workers.threads_per_trial(base.train.num_threads, n_jobs), device)
     print(
         f"study {space.study_name} in {journal}: {n_jobs} trials at a time, "
         f"{search.budget_chars(space, base):,} characters per full trial, {minutes:g} minutes",

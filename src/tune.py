@@ -40,7 +40,6 @@ from src.model import count_params
 from src.study_storage import lost_trial_callback, storage_for
 from src.train import TrainPaths, build_model, train
 from src.tune_results import best_trials_table, write_best
-from src.tune_workers import default_jobs, threads_per_trial  # noqa: F401 (part of this module's interface)
 from src.vocab import Vocab
 
 # The objective as optuna-dashboard and Optuna's plots name it.
@@ -325,13 +324,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         overrides = {"study_name": args.study_name, "pruner": args.pruner, "storage": args.storage}
         space = with_overrides(space, {k: v for k, v in overrides.items() if v is not None}, "command line")
         device = resolve_device(base.train.device)
-        n_jobs = default_jobs(device.type) if args.n_jobs is None else args.n_jobs
+        n_jobs = tune_workers.default_jobs(device.type) if args.n_jobs is None else args.n_jobs
         if n_jobs < 1:
             raise KarnnaError(f"--n-jobs is {n_jobs}; use 1 or more")
         # On CPU the trials run in worker processes (src/tune_workers.py), on a GPU in threads.
         workers = args.join or (n_jobs if device.type == "cpu" else 1)
         threads = 1 if device.type == "cpu" else n_jobs
-        configure_process(threads_per_trial(base.train.num_threads, max(workers, threads)), device)
+        configure_process(tune_workers.threads_per_trial(base.train.num_threads, max(workers, threads)), device)
         split_dir, vocab_path = ROOT / "data" / "split", ROOT / "data" / "vocab.json"
         for name in ("train.npy", "val.npy"):
             if not (split_dir / name).is_file():

@@ -56,6 +56,8 @@ def worker_command(argv: list[str], index: int, workers: int, n_trials: Optional
             skip = False
         elif arg in _ALONE:
             skip = True
+        elif arg == "--no-progress":
+            continue  # added below, once
         elif not arg.startswith(tuple(f"{a}=" for a in _ALONE)):
             kept.append(arg)
     share = [] if n_trials is None else ["--n-trials", str(n_trials)]

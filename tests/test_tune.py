@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from src import space as search
-from src import tune
+from src import tune, tune_workers
 from src.config import TuneConfig, config_from_dict, section_from_dict, with_overrides
 from src.errors import KarnnaError
 from src.report import Reporter
@@ -267,10 +267,10 @@ def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, 
 
 def test_workers_split_the_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert tune.default_jobs("cpu") == 8 and tune.default_jobs("cuda") == 1
-    assert tune.threads_per_trial(0, 1) == 0  # torch's default, every core
-    assert tune.threads_per_trial(0, 2) == 4 and tune.threads_per_trial(0, 16) == 1
-    assert tune.threads_per_trial(3, 2) == 3  # train.num_threads wins
+    assert tune_workers.default_jobs("cpu") == 8 and tune_workers.default_jobs("cuda") == 1
+    assert tune_workers.threads_per_trial(0, 1) == 0  # torch's default, every core
+    assert tune_workers.threads_per_trial(0, 2) == 4 and tune_workers.threads_per_trial(0, 16) == 1
+    assert tune_workers.threads_per_trial(3, 2) == 3  # train.num_threads wins
 
 
 def test_seed_recipe_and_defaults_come_first_once(tmp_path, base, study_data):
@@ -588,7 +588,6 @@ def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_da
 
 
 def test_n_trials_are_split_between_the_worker_processes_and_each_gets_its_own_command_line():
-    from src import tune_workers
 
     assert tune_workers.split_trials(5, 2) == [3, 2] and tune_workers.split_trials(1, 2) == [1, 0]
     assert tune_workers.split_trials(None, 3) == [None, None, None]
@@ -597,7 +596,6 @@ def test_n_trials_are_split_between_the_worker_processes_and_each_gets_its_own_c
     assert cmd[3:] == [
         "--timeout",
         "60",
-        "--no-progress",
         "--n-trials",
         "4",
         "--join",
