@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -17,7 +18,7 @@ from src import checkpoint
 from src.config import SampleConfig
 from src.errors import KarnnaError
 from src.model import CharRNN, State, count_params
-from src.stepper import FP32, Stepper
+from src.stepper import CHECK_EVERY, FP32, Stepper, demote
 from src.vocab import Vocab
 
 
@@ -27,6 +28,7 @@ class FusedStepper:
 
     def __init__(self, model: CharRNN):
         self.model = model
+        self.limit = None  # one fused call a character: no threaded path to watch
 
     @staticmethod
     def states(hidden: State) -> State:
@@ -140,9 +142,18 @@ def _draw(
         step = Stepper(model, gemv or (FP32 if seed is not None else None))  # a seed asks for its text
     else:
         step = FusedStepper(model)
-    states = step.states(hidden)
-    with step.threads():
-        return _loop(step, states, logits[:, -1], length, k, temperature, gen, draw_on)
+    states, last, pieces = step.states(hidden), logits[:, -1], []
+    while length > 0:
+        # a measured threaded path runs CHECK_EVERY characters at a time, watched (src/stepper.py)
+        n = length if step.limit is None else min(length, CHECK_EVERY)
+        start = time.perf_counter()
+        with step.threads():
+            ids, last, states = _loop(step, states, last, n, k, temperature, gen, draw_on, n < length)
+        pieces.append(ids)
+        length -= n
+        if step.limit is not None and (time.perf_counter() - start) / n > step.limit:
+            step = Stepper(model, demote(model, step.exact))  # an fp32 one for a seed: the same text
+    return torch.cat(pieces, dim=1)
 
 
 def _loop(
@@ -154,8 +165,10 @@ def _loop(
     temperature: float,
     gen: torch.Generator,
     draw_on: torch.device,
-) -> torch.Tensor:
-    """-> (N, length) ids on the CPU: draw from `last`, step, repeat."""
+    more: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """-> (N, length) ids on the CPU, the last logits and states: draw from `last`, step, repeat;
+    more: also step past the last draw (another stretch follows)."""
     device = last.device
     out = []
     for i in range(length):
@@ -170,9 +183,9 @@ def _loop(
             else:
                 nxt = _draw_one(torch.softmax(scores, dim=-1).to(draw_on), gen).squeeze(-1).to(device)
         out.append(nxt)
-        if i + 1 < length:
+        if more or i + 1 < length:
             last, states = step(nxt, states)
-    return torch.stack(out, dim=1).cpu()
+    return torch.stack(out, dim=1).cpu(), last, states
 
 
 def main(argv: Optional[list[str]] = None) -> int:

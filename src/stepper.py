@@ -8,7 +8,7 @@ products fastest depends on the CPU: on the AMD EPYC of docs/BENCHMARKS.md numpy
 a 2048 x 512 fp32 matrix in 25 us against 54 us for torch's MKL path, while on an Intel Xeon
 with AMX batch-1 sampling on the OpenBLAS path reached only 29% of its GEMV floor. So the path is
 not assumed: `choose_path` times every candidate on the model's own step when the first Stepper
-of a shape is built (about 40 ms for a 2 x 512 model, once per process) and keeps the fastest.
+of a shape is built (about 70 ms for a 2 x 512 model, once per process) and keeps the fastest.
 
 Candidates (GEMV_PATHS):
 - "numpy": fp32, numpy's BLAS (OpenBLAS in the wheels) on its own threads (one per core);
@@ -22,9 +22,9 @@ Candidates (GEMV_PATHS):
   weight-only int8 kernel on bf16 inputs; the same distribution too (tested likewise).
 Every fp32 path draws the plain loop's text for a seed, so generate() with a seed measures those
 only (FP32); without one it measures every path. "bf16" and "int8" displace the fp32 one-thread
-paths when faster by a little, "numpy" (threads) only when 1.3x faster than whatever was chosen
-(pick, MARGIN_TIERS): a path that collapses under load is not taken for a small gain measured in
-a quiet moment.
+paths when faster by a little, "numpy" (threads) when faster by a little than whatever was
+chosen (pick, MARGIN_TIERS). Threads collapse under load, so generation watches a threaded path
+and drops it for the process when it does (THREADED, demote).
 """
 
 from __future__ import annotations
@@ -99,11 +99,20 @@ EXACT_PATHS = ("numpy", "numpy-1", "torch")  # fp32: the plain path's arithmetic
 # (paths, margin), tier by tier: the fastest of a tier displaces the choice so far (the faster
 # of numpy-1 and torch) only when faster by the tier's margin. bf16 and int8 by a little, so that
 # a near tie keeps fp32's arithmetic (generate() offers them only without a seed: they change a
-# seed's text). BLAS on several threads by 1.3x over whatever was chosen, int8 included: it was
-# 1.25x faster than one thread on a quiet machine but 100-200x slower (20-47 ms a step) while
-# other processes kept the cores busy, and a small gain measured in a quiet moment is not worth it.
-MARGIN_TIERS: tuple[tuple[tuple[str, ...], float], ...] = ((("bf16", "int8"), 1.1), (("numpy",), 1.3))
+# seed's text). BLAS on several threads by as much over whatever was chosen, int8 included, so
+# that a near tie keeps one thread. (It took 1.3x until generation watched it: see THREADED.)
+MARGIN_TIERS: tuple[tuple[tuple[str, ...], float], ...] = ((("bf16", "int8"), 1.1), (("numpy",), 1.1))
 NEEDS_MARGIN = tuple(p for tier, _ in MARGIN_TIERS for p in tier)
+# Paths on BLAS's own threads: the fastest on a quiet machine, but slower than one thread, up to
+# 100-200x (20-47 ms a step), while other processes keep the cores busy. So generation watches
+# them (src.sample), CHECK_EVERY characters at a time, and where a stretch ran slower per
+# character than SLOWER_THAN times the best one-thread path's measured step, demote() drops them
+# for the rest of the process: a collapse costs one stretch, not the rest of the text, and a
+# threaded path needs no extra margin to be taken. (Measuring again under load instead chose
+# worse: the spinning BLAS threads of the measurement itself slowed the one-thread paths it timed.)
+THREADED = ("numpy",)
+CHECK_EVERY = 64
+SLOWER_THAN = 1.5
 
 
 def paths_for(model: CharRNN) -> tuple[str, ...]:
@@ -143,7 +152,10 @@ class Stepper:
     """
 
     def __init__(self, model: CharRNN, path: Optional[str] = None):
-        self.path = choose_path(model, exact=path == FP32) if path in (None, FP32) else path
+        self.exact = path == FP32
+        self.path = choose_path(model, self.exact) if path in (None, FP32) else path
+        # seconds a character beyond which a measured threaded path has collapsed (THREADED)
+        self.limit = collapse_limit(model, self.exact) if path in (None, FP32) else None
         if self.path not in paths_for(model):
             raise ValueError(
                 f"GEMV path {self.path!r} is not one for lstm_size {model.spec.lstm_size}: "
@@ -179,9 +191,16 @@ class Stepper:
         return self.head(x), new
 
 
-def time_paths(model: CharRNN, paths: Optional[tuple] = None, rounds: int = 5, steps: int = 8) -> dict[str, float]:
+def time_paths(
+    model: CharRNN, paths: Optional[tuple] = None, rounds: int = 5, steps: int = 8, warm: int = 2
+) -> dict[str, float]:
     """Median seconds of one batch-1 step of `model` on each path (default: every path its shapes
-    fit), the paths interleaved per round."""
+    fit), the paths interleaved per round, each round's `steps` timed after `warm` untimed ones.
+
+    The untimed steps matter: generation calls one path back to back, but here another path ran
+    just before, and OpenBLAS's threads had gone to sleep meanwhile. Timed cold, "numpy" measured
+    160-170 us a step against 121-128 us alone (AVX2-capped EPYC, docs/BENCHMARKS.md), and lost
+    to the one-thread paths it beats by 1.4x in generation."""
     steppers = {p: Stepper(model, p) for p in paths or paths_for(model)}
     states = Stepper.states(model.init_hidden(1))
     idx = torch.zeros(1, dtype=torch.long)
@@ -192,6 +211,8 @@ def time_paths(model: CharRNN, paths: Optional[tuple] = None, rounds: int = 5, s
         for _ in range(rounds):
             for p, step in steppers.items():
                 with step.threads():
+                    for _ in range(warm):
+                        step(idx, states)
                     start = time.perf_counter()
                     for _ in range(steps):
                         step(idx, states)
@@ -212,15 +233,39 @@ def pick(times: dict[str, float]) -> str:
     return choice
 
 
+def _key(model: CharRNN, exact: bool) -> tuple:
+    shapes = tuple(tuple(p.shape) for p in model.rnn.parameters())
+    return (model.spec.cell, shapes, torch.get_num_threads(), exact)
+
+
 def choose_path(model: CharRNN, exact: bool = False) -> str:
     """The GEMV path for this model's shapes at the current torch thread count, measured once per
-    process; exact: among the fp32 paths only (EXACT_PATHS), whose text for a seed is the plain
-    loop's whichever wins the timing."""
-    shapes = tuple(tuple(p.shape) for p in model.rnn.parameters())
-    key = (model.spec.cell, shapes, torch.get_num_threads(), exact)
+    process (demote may change it later); exact: among the fp32 paths only (EXACT_PATHS), whose
+    text for a seed is the plain loop's whichever wins the timing."""
+    key = _key(model, exact)
     if key not in _CHOSEN:
         times = time_paths(model, EXACT_PATHS if exact else None)
         _CHOSEN[key] = (pick(times), times)
+    return _CHOSEN[key][0]
+
+
+def _one_thread(times: dict[str, float]) -> str:
+    return pick({p: t for p, t in times.items() if p not in THREADED})
+
+
+def collapse_limit(model: CharRNN, exact: bool = False) -> Optional[float]:
+    """Seconds per generated character above which choose_path's choice counts as collapsed:
+    SLOWER_THAN x the best one-thread path's measured step; None where the choice is not THREADED."""
+    path, times = _CHOSEN[_key(model, exact)]
+    return SLOWER_THAN * times[_one_thread(times)] if path in THREADED else None
+
+
+def demote(model: CharRNN, exact: bool = False) -> str:
+    """Drop the threaded path choose_path chose for this model (it collapsed while generating) for
+    the rest of the process: -> the best measured one-thread path, choose_path's answer from now on."""
+    key = _key(model, exact)
+    times = _CHOSEN[key][1]
+    _CHOSEN[key] = (_one_thread(times), times)
     return _CHOSEN[key][0]
 
 

@@ -1,5 +1,7 @@
 """The fast paths compute what the plain ones do: embedding vs one-hot, bf16 vs fp32, the sampling stepper."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -117,19 +119,21 @@ def test_every_fp32_gemv_path_draws_the_plain_loops_text(path, cell):
         )
 
 
-def test_pick_takes_the_fastest_path_and_bf16_int8_or_threaded_blas_only_by_a_clear_margin():
+def test_pick_takes_the_fastest_path_and_bf16_int8_or_threaded_blas_only_by_a_margin():
     pick = stepper_mod.pick
     assert pick({"numpy": 2.0, "numpy-1": 3.0, "torch": 1.0, "bf16": 0.95}) == "torch"  # bf16 within 1.1x
     assert pick({"numpy": 2.0, "numpy-1": 3.0, "torch": 1.0, "bf16": 0.85}) == "bf16"  # 1.18x: taken
-    assert pick({"numpy": 1.0, "numpy-1": 1.25, "torch": 2.0, "bf16": 3.0}) == "numpy-1"  # threads: 1.25x, not enough
+    assert pick({"numpy": 1.0, "numpy-1": 1.05, "torch": 2.0, "bf16": 3.0}) == "numpy-1"  # threads: 1.05x, not enough
+    assert pick({"numpy": 1.0, "numpy-1": 1.25, "torch": 2.0, "bf16": 3.0}) == "numpy"  # 1.25x: taken
     assert pick({"numpy": 1.0, "numpy-1": 2.0, "torch": 2.0, "bf16": 3.0}) == "numpy"  # 2x faster: taken
     assert pick({"numpy": 9.0, "numpy-1": 3.0, "torch": 2.0, "bf16": 1.0}) == "bf16"  # 2x faster: taken
     assert pick({"numpy": 9.0, "numpy-1": 1.0, "torch": 1.1, "bf16": 1.2}) == "numpy-1"
     # AMD EPYC, quiet, microseconds a step: int8 on one thread beats numpy-1 by 1.25-1.48x, and BLAS
-    # on two threads must then beat int8 by its own margin (it collapses under load; int8 does not)
+    # on two threads must then beat int8 by its own margin
     amd = {"numpy": 189, "numpy-1": 194, "torch": 213, "bf16": 343, "int8": 156}
     assert pick(amd) == "int8"
-    assert pick({**amd, "numpy": 110}) == "numpy"  # 1.42x faster than int8: taken
+    assert pick({**amd, "numpy": 140}) == "numpy"  # 1.11x faster than int8: taken
+    assert pick({**amd, "numpy": 145}) == "int8"  # 1.08x: not enough
     assert pick({**amd, "int8": 185, "numpy": 140}) == "numpy"  # int8 within its margin; threads 1.39x
     assert pick({"numpy-1": 200, "torch": 210, "bf16": 140, "int8": 150}) == "bf16"  # the fastest of the tier
     assert pick({"numpy": 2.0, "int8": 1.0}) == "int8"  # only margined paths: the tiers in order
@@ -191,9 +195,66 @@ def test_sample_stage_writes_the_plain_loops_text_where_int8_is_fastest(monkeypa
     assert (tmp_path / "sample.txt").read_text() == _plain_generate(model, vocab, "The", 1000, 4, 3, 1)[0] + "\n"
 
 
+def _numpy_fastest(model, paths=None):
+    """Timings as where BLAS on two threads wins (the AVX2-capped EPYC), limited to `paths`."""
+    times = {"numpy": 1e-3, "numpy-1": 2e-3, "torch": 2.1e-3, "bf16": 3e-3, "int8": 2.2e-3}
+    return {p: t for p, t in times.items() if paths is None or p in paths}
+
+
+@pytest.mark.parametrize("collapse", [False, True])
+def test_a_threaded_path_that_collapses_while_generating_is_dropped_within_a_stretch(monkeypatch, collapse):
+    """Threaded BLAS chosen in a quiet moment, then other processes take the cores: its products
+    take 2 ms each (a step: 6 ms, against a limit of 1.5 x 2 ms). Generation drops it after one
+    stretch and keeps a seed's text; a path that keeps its speed is kept."""
+    monkeypatch.setattr(stepper_mod, "_CHOSEN", {})
+    monkeypatch.setattr(stepper_mod, "time_paths", _numpy_fastest)
+    prepare, numpy_times = stepper_mod.GEMV_PATHS["numpy"]
+    calls, slow = [0], [0]
+
+    def collapsing(x, w):
+        calls[0] += 1
+        if collapse and calls[0] > 60:
+            slow[0] += 1
+            time.sleep(0.002)
+        return numpy_times(x, w)
+
+    monkeypatch.setitem(stepper_mod.GEMV_PATHS, "numpy", (prepare, collapsing))
+    vocab = build_vocab(TINY_TEXT, "lf")
+    model = _model(vocab.size).eval()  # 2 layers: 3 products a character
+    assert generate(model, vocab, "The", 400, top_k=4, seed=3) == _plain_generate(model, vocab, "The", 400, 4, 3, 1)
+    assert stepper_mod.choose_path(model, exact=True) == ("numpy-1" if collapse else "numpy")
+    if collapse:
+        assert 0 < slow[0] <= 3 * stepper_mod.CHECK_EVERY  # one stretch at most
+    else:
+        assert calls[0] == 3 * 399  # every step on the threaded path
+
+
 def test_time_paths_times_every_candidate_on_the_real_step():
     times = stepper_mod.time_paths(_model(size=32), rounds=2, steps=2)
     assert set(times) == set(stepper_mod.GEMV_PATHS) and all(0 < t < 0.1 for t in times.values())
+
+
+def test_time_paths_times_each_path_warm_as_generation_runs_it(monkeypatch):
+    # "numpy" stands for OpenBLAS's threads: slow on the first product after another path ran
+    # (they slept meanwhile), fast after; "torch" costs the same every time. Generation runs one
+    # path back to back, so the measurement must see "numpy" as the faster one.
+    prepare, torch_times = stepper_mod.GEMV_PATHS["torch"]
+    last = [None]
+
+    def product(path, wait):
+        def times(x, w):
+            if last[0] != path:
+                time.sleep(wait[0])
+            last[0] = path
+            time.sleep(wait[1])
+            return torch_times(x, w)
+
+        return times
+
+    monkeypatch.setitem(stepper_mod.GEMV_PATHS, "numpy", (prepare, product("numpy", (0.04, 0.0))))
+    monkeypatch.setitem(stepper_mod.GEMV_PATHS, "torch", (prepare, product("torch", (0.0, 0.001))))
+    times = stepper_mod.time_paths(_model(), ("numpy", "torch"), rounds=3, steps=8)
+    assert times["numpy"] < times["torch"] / 2, times
 
 
 @pytest.mark.parametrize("size", [16, 24, 500])
