@@ -21,7 +21,7 @@ from pipeline.common import (
     tracking_uri,
 )
 from src import corpus, fileio, tracking
-from src.device import configure_process, resolve_device
+from src.device import configure_process, resolve_device, resolve_precision
 from src.tracking import DatasetInfo
 from src.train import TrainPaths, train
 from src.train_state import plan_resume
@@ -53,7 +53,9 @@ def datasets(cfg, train_ids, val_ids) -> list[DatasetInfo]:
 @stage
 def main() -> None:
     cfg = load_config()
-    configure_process(cfg.train.num_threads, resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    configure_process(cfg.train.num_threads, device)
+    resolve_precision(cfg.train.precision, device, cfg.model.cell)  # a bf16 torch cannot run: before the run
     vocab = Vocab.load(VOCAB)
     train_ids = fileio.read_npy(SPLIT_DIR / "train.npy")
     val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import platform
 import sys
 from pathlib import Path
@@ -53,16 +54,43 @@ def cpu_has_fast_bf16(cpuinfo: Optional[str] = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """-> the autocast dtype, or None for plain fp32."""
+_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+
+
+@functools.cache
+def cpu_bf16_fails(cell: str = "lstm") -> Optional[str]:
+    """None where torch runs a `cell` layer's forward and backward under bf16 autocast on this CPU,
+    else the first sentence of its error. oneDNN has no bf16 LSTM below AVX-512: on an AVX2 CPU (or
+    this one with ONEDNN_MAX_CPU_ISA=AVX2) nn.LSTM raises "could not create a primitive
+    descriptor", while GRU and RNN run. A probe on a 4-wide layer, once per process and cell."""
+    layer = _LAYERS[cell](4, 8)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = layer(torch.randn(3, 2, 4))
+        out.float().sum().backward()
+    except RuntimeError as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+    return None
+
+
+def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> Optional[torch.dtype]:
+    """-> the autocast dtype, or None for plain fp32. On CPU, 'auto' is bf16 only where the CPU
+    has bf16 instructions and torch runs the cell in bf16 there; an explicit 'bf16' that torch
+    cannot run is an error now rather than at the first training step."""
     if name == "fp32":
         return None
+    if device.type == "cpu" and (name == "bf16" or cpu_has_fast_bf16()):
+        failure = cpu_bf16_fails(cell)
+        if failure and name == "bf16":
+            raise KarnnaError(
+                f"train.precision is bf16, but torch cannot run a bf16 {cell.upper()} on this CPU "
+                f"({failure}); set train.precision: auto (fp32 here) or fp32"
+            )
+        return None if failure else torch.bfloat16
     if name == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
     return None
 
 

@@ -249,7 +249,7 @@ def train(
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.device.configure_process).
     device = resolve_device(t.device)
-    amp = resolve_precision(t.precision, device)
+    amp = resolve_precision(t.precision, device, cfg.model.cell)
     fileio.remove_stale_temps(paths.last.parent)
     # The whole split lives on the device once; every batch is a view of it.
     grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)

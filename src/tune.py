@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from src import fileio, tracking, tune_workers
 from src import space as search
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
-from src.device import configure_process, resolve_device
+from src.device import configure_process, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.figures import study_figures
 from src.model import count_params
@@ -324,6 +324,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         overrides = {"study_name": args.study_name, "pruner": args.pruner, "storage": args.storage}
         space = with_overrides(space, {k: v for k, v in overrides.items() if v is not None}, "command line")
         device = resolve_device(base.train.device)
+        cells = space.space["model.cell"].choices if "model.cell" in space.space else [base.model.cell]
+        for cell in cells or []:  # a bf16 torch cannot run here fails before the study starts
+            resolve_precision(base.train.precision, device, cell)
         n_jobs = tune_workers.default_jobs(device.type) if args.n_jobs is None else args.n_jobs
         if n_jobs < 1:
             raise KarnnaError(f"--n-jobs is {n_jobs}; use 1 or more")

@@ -1,10 +1,15 @@
+import os
 import platform
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import torch
 
+from src import device
+from src.device import cpu_bf16_fails, cpu_has_fast_bf16, resolve_precision
+from src.errors import KarnnaError
 from tests.conftest import REPO
 
 # Allocate and free a 64 MiB tensor 30 times and count the page faults of the last nine. With the
@@ -40,3 +45,31 @@ def test_keep_freed_memory_stops_refaulting_freed_blocks():
     # glibc's default unmaps the 64 MiB block at every free: 9 x 16k pages fault in again.
     assert default > 9 * 16_000 * 0.9, default
     assert kept < 2_000, kept
+
+
+X86 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's instruction-set cap is x86's")
+
+
+@X86
+def test_the_bf16_probe_finds_what_onednn_cannot_run_on_an_avx2_cpu():
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run as on an AVX2 CPU (a laptop): no bf16 LSTM there
+    code = "from src.device import cpu_bf16_fails as f; print(f('lstm') is not None, f('gru') is not None)"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_auto_precision_is_bf16_where_the_cpu_has_bf16_instructions_and_torch_runs_it():
+    if not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no bf16 dot-product instructions")
+    assert cpu_bf16_fails("lstm") is None
+    assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+
+
+def test_a_bf16_precision_torch_cannot_run_is_an_error_and_auto_is_fp32(monkeypatch):
+    monkeypatch.setattr(device, "cpu_bf16_fails", lambda cell="lstm": "could not create a primitive descriptor")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda cpuinfo=None: True)
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None
+    with pytest.raises(KarnnaError, match=r"train\.precision is bf16, but torch cannot run a bf16 GRU.*fp32"):
+        resolve_precision("bf16", cpu, "gru")

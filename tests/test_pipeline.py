@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,21 @@ def test_text_shorter_than_one_batch(stage_repo, tmp_path):
     proc = _stage(stage_repo, "train")
     assert proc.returncode == 2 and "lower train.batch_size" in proc.stderr
     assert not (stage_repo / "models" / "best.pt").exists()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's instruction-set cap is x86's")
+def test_train_refuses_a_bf16_precision_this_cpu_cannot_run_before_the_mlflow_run(stage_repo, monkeypatch):
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["train"]["precision"] = "bf16"
+    params["tracking"]["enabled"] = True  # the store mlflow.db would hold a failed run
+    write_params(stage_repo, params)
+    for s in ("corpus", "encode", "split"):
+        assert _stage(stage_repo, s).returncode == 0
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN as on an AVX2 CPU: no bf16 LSTM
+    proc = _stage(stage_repo, "train")
+    assert proc.returncode == 2 and "train.precision is bf16, but torch cannot run a bf16 LSTM" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (stage_repo / "mlflow.db").exists() and not (stage_repo / "models").exists()
 
 
 @pytest.mark.slow

@@ -445,6 +445,22 @@ def _tiny_repo_for_tune(stage_repo, storage: str, **tune_keys):
         )
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="oneDNN's instruction-set cap is x86's")
+def test_a_bf16_precision_this_cpu_cannot_run_fails_before_the_study(stage_repo):
+    import yaml
+
+    journal = stage_repo / "tune" / "journal.log"
+    _tiny_repo_for_tune(stage_repo, str(journal), space={**SMALL, "model.cell": {"choices": ["gru", "lstm"]}})
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["train"]["precision"] = "bf16"
+    (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**_env(), "ONEDNN_MAX_CPU_ISA": "AVX2"}  # oneDNN as on an AVX2 CPU: no bf16 LSTM, a bf16 GRU
+    cmd = [sys.executable, "-m", "src.tune", "--n-trials", "2", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=stage_repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "train.precision is bf16, but torch cannot run a bf16 LSTM" in proc.stderr
+    assert not journal.exists(), proc.stdout
+
+
 @pytest.mark.slow
 def test_the_printed_command_reproduces_the_best_trials_score(stage_repo):
     """The budget defaults to the pipeline's: the train stage, given the printed `-S` overrides,
