@@ -65,14 +65,21 @@ def cpu_info() -> tuple[str, list[str]]:
     return name, [f for f in FEATURES if f in flags]
 
 
+# The libraries' own switches that make this CPU run another CPU's instruction set (a lower one):
+# a run under them stands in for an older CPU on the same cores (docs/BENCHMARKS.md, "Per CPU family").
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
+
+
 def machine(threads: Optional[int] = None) -> str:
     name, features = cpu_info()
     bf16 = "bf16 dot-product instructions" if cpu_has_fast_bf16() else "no fast bf16"
     amx = "AMX" if "amx_bf16" in features else "no AMX"
     threads_text = "" if threads is None else f"{threads} torch thread(s), "
+    caps = [f"{k}={os.environ[k]}" for k in ISA_CAPS if os.environ.get(k)]
+    caps_text = f"; instruction sets capped: {' '.join(caps)}" if caps else ""
     return (
         f"{date.today().isoformat()}, {name} ({os.cpu_count()} cores, {bf16}, {amx}; flags: {' '.join(features) or '-'}; "
-        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}, "
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}{caps_text}), torch {torch.__version__}, "
         f"{threads_text}Python {platform.python_version()}"
     )
 

@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks import peak
-from benchmarks.common import FEATURES, cpu_info, machine
+from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
 
 
 @pytest.mark.parametrize("input_dim", [64, 83])
@@ -33,3 +33,11 @@ def test_machine_names_the_cpu_and_its_bf16_and_amx_features():
     assert name and set(features) <= set(FEATURES)
     text = machine(1)
     assert name in text and ("AMX" in text) and "bf16" in text
+
+
+def test_machine_says_when_the_libraries_run_a_capped_instruction_set(monkeypatch):
+    for key in ISA_CAPS:
+        monkeypatch.delenv(key, raising=False)
+    assert "capped" not in machine(1)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "instruction sets capped: ONEDNN_MAX_CPU_ISA=AVX2" in machine(1)
