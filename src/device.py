@@ -63,11 +63,12 @@ def cpu_bf16_fails(cell: str = "lstm") -> Optional[str]:
     else the first sentence of its error. oneDNN has no bf16 LSTM below AVX-512: on an AVX2 CPU (or
     this one with ONEDNN_MAX_CPU_ISA=AVX2) nn.LSTM raises "could not create a primitive
     descriptor", while GRU and RNN run. A probe on a 4-wide layer, once per process and cell."""
-    layer = _LAYERS[cell](4, 8)
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out, _ = layer(torch.randn(3, 2, 4))
-        out.float().sum().backward()
+        with torch.random.fork_rng(devices=[]):  # the probe's random weights leave the seeded stream alone
+            layer = _LAYERS[cell](4, 8)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out, _ = layer(torch.randn(3, 2, 4))
+            out.float().sum().backward()
     except RuntimeError as exc:
         return (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
     return None

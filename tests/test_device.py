@@ -73,3 +73,12 @@ def test_a_bf16_precision_torch_cannot_run_is_an_error_and_auto_is_fp32(monkeypa
     assert resolve_precision("auto", cpu) is None and resolve_precision("fp32", cpu) is None
     with pytest.raises(KarnnaError, match=r"train\.precision is bf16, but torch cannot run a bf16 GRU.*fp32"):
         resolve_precision("bf16", cpu, "gru")
+
+
+def test_the_bf16_probe_leaves_torchs_random_stream_alone():
+    cpu_bf16_fails.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    cpu_bf16_fails("rnn")
+    assert torch.equal(torch.rand(3), expected)
