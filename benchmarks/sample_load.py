@@ -30,12 +30,10 @@ from typing import Optional
 
 import torch
 
-from benchmarks.common import fmt_rate, machine, median, read_novel, table, timed, write_json
-from benchmarks.sample_speed import LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K
-from src.model import CharRNN, ModelSpec
+from benchmarks.common import fmt_rate, machine, median, table, timed, write_json
+from benchmarks.sample_speed import PRIME, TOP_K, bench_model
 from src.sample import generate
 from src.stepper import chosen
-from src.vocab import build_vocab
 
 LOADS = {  # what the other process does
     "spin": "while True: pass",  # one core held: a thread of a two-thread product waits for its turn
@@ -57,9 +55,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 def child(args: argparse.Namespace) -> dict:
     """One variant in this process: -> its quiet choice, quiet and loaded chars/s, its last path."""
-    vocab = build_vocab(read_novel(), "lf")
-    torch.manual_seed(0)
-    model = CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5)).eval()
+    model, vocab = bench_model()
     seed = 0 if args.seed else None
     generate(model, vocab, PRIME, 10, TOP_K, seed=seed)  # measures the paths, quiet
     ((key, (first, times)),) = chosen().items()

@@ -37,10 +37,18 @@ from benchmarks.reference import SeedLSTM, seed_sample
 from src.model import CharRNN, ModelSpec
 from src.sample import generate
 from src.stepper import EXACT_PATHS, GEMV_PATHS, blas_threads, chosen, paths_for
-from src.vocab import build_vocab
+from src.vocab import Vocab, build_vocab
 
 LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
 SEEDED, UNSEEDED = "project, batch 1, a seed", "project, batch 1, no seed"
+
+
+def bench_model(cell: str = "lstm") -> tuple[CharRNN, Vocab]:
+    """The sampling benchmarks' model: 2 x 512 of `cell` over the novel's characters, random
+    weights from seed 0 (the speed does not depend on them), in eval mode; and the vocabulary."""
+    vocab = build_vocab(read_novel(), "lf")
+    torch.manual_seed(0)
+    return CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5, cell)).eval(), vocab
 
 
 def gemv_product_seconds(model: CharRNN, repeats: int = 200) -> dict[str, float]:
@@ -226,9 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine(args.threads) + f"; project cell: {args.cell}")
-    vocab = build_vocab(read_novel(), "lf")
-    torch.manual_seed(0)
-    model = CharRNN(ModelSpec(vocab.size, 64, LSTM_SIZE, NUM_LAYERS, 0.5, args.cell)).eval()
+    model, vocab = bench_model(args.cell)
     thread_settings = sorted({args.threads, 1}, reverse=True)
     tasks, batched = make_tasks(args, model, vocab, thread_settings)
     rates, products, peaks = run_rounds(args, tasks, model, thread_settings)

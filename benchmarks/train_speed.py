@@ -99,10 +99,10 @@ def pick_peak_kernels(seconds: float, precisions: list[str]) -> dict[str, tuple[
 
 
 def throughput(args, vocab: Vocab, train_ids: np.ndarray) -> dict[str, Any]:
-    seed = (train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN)
+    recipe = (train_ids, vocab.size, LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN)
     make = {
-        "reference": lambda: SeedTrainer(*seed),
-        "reference bf16": lambda: SeedTrainer(*seed, amp=torch.bfloat16),
+        "reference": lambda: SeedTrainer(*recipe),
+        "reference bf16": lambda: SeedTrainer(*recipe, amp=torch.bfloat16),
         "fp32": lambda: ProjectTrainer(train_ids, vocab.size, "fp32"),
         "bf16": lambda: ProjectTrainer(train_ids, vocab.size, "bf16"),
     }  # where torch has no bf16 LSTM on this CPU, the fp32 rows only
