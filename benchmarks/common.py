@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from src import corpus, data
-from src.device import cpu_has_fast_bf16
+from src.device import cpu_has_fast_bf16, keep_freed_memory
 from src.vocab import Vocab, build_vocab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +88,23 @@ def threads_arg(value: str) -> int:
     """--threads: 0 means torch's default (one per core)."""
     n = int(value)
     return n or torch.get_num_threads()
+
+
+def training_process(threads: int, glibc_default: bool = False) -> tuple[bool, str]:
+    """Set this process up as the train stage sets up its own, for benchmarks that time training steps.
+
+    As src.device.configure_process does for the stages: torch's threads and glibc's malloc keeping
+    freed memory (keep_freed_memory). Without that, every step faults its activations and oneDNN's
+    workspace in again, a cost the pipeline does not pay, which a profile shows as autograd
+    bookkeeping and copies. `glibc_default` leaves malloc as it is, to measure that cost.
+    -> (whether malloc keeps freed memory, a line saying so).
+    """
+    torch.set_num_threads(threads)
+    if glibc_default:
+        return False, "glibc malloc: default (returns freed memory; every step faults it in again)"
+    if keep_freed_memory():
+        return True, "glibc malloc: keeps freed memory, as the train stage sets it (src.device.keep_freed_memory)"
+    return False, "malloc: the C library's default (not glibc: src.device.keep_freed_memory does not apply)"
 
 
 def timed(fn: Callable[[], object]) -> float:

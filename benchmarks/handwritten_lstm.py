@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import fused_lstm
-from benchmarks.common import machine, median, threads_arg, timed
+from benchmarks.common import machine, median, threads_arg, timed, training_process
 
 BF16 = torch.bfloat16
 
@@ -128,9 +128,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=threads_arg, default="1", help="torch threads (default: %(default)s)")
     p.add_argument("--shape", type=int, nargs=4, action="append", metavar=("T", "B", "D", "H"))
     p.add_argument("--no-fused", action="store_true", help="skip the compiled variant (no C++ compiler)")
+    p.add_argument(
+        "--glibc-default", action="store_true", help="leave glibc's malloc as it is (the train stage does not)"
+    )
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    _, setup = training_process(args.threads, args.glibc_default)
     print(machine(args.threads))
+    print(setup)
     if not args.no_fused:
         fused_lstm.FusedLSTMLayer.kernels = fused_lstm.build()
     for shape in args.shape or [(100, 100, 512, 512), (100, 32, 384, 384)]:

@@ -7,7 +7,8 @@ src/train.py's loop), after two warm-up steps. Prints the ops by self time, the 
 category (oneDNN LSTM forward and backward, the other GEMMs, dropout masks, dtype casts,
 elementwise and reductions, optimiser, clipping) and, beside the measured step, the time its
 GEMMs alone would take at the fastest rate measured for each shape (benchmarks.peak.step_gemms).
-Self times are the main thread's: run it on one thread for figures that add up.
+Self times are the main thread's: run it on one thread for figures that add up. The process is set up
+as the train stage's (glibc keeps freed memory; --glibc-default leaves it off to see that cost).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import argparse
 from collections import defaultdict
 from typing import Optional
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import peak
-from benchmarks.common import machine, novel_split, table, threads_arg
+from benchmarks.common import machine, novel_split, table, threads_arg, training_process
 from benchmarks.train_speed import BATCH, SEQ_LEN, ProjectTrainer, step_gemms
 
 # First matching pattern wins; op names as torch.profiler reports them.
@@ -52,9 +52,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="profiled steps (default: %(default)s)")
     p.add_argument("--threads", type=threads_arg, default="1", help="torch threads (default: %(default)s)")
     p.add_argument("--top", type=int, default=25, help="ops listed (default: %(default)s)")
+    p.add_argument(
+        "--glibc-default", action="store_true", help="leave glibc's malloc as it is (the train stage does not)"
+    )
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    _, setup = training_process(args.threads, args.glibc_default)
     print(machine(args.threads))
+    print(setup)
     vocab, train_ids, _ = novel_split()
     trainer = ProjectTrainer(train_ids, vocab.size, args.precision)
     trainer.timed_steps(2)  # warm-up

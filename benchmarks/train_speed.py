@@ -8,8 +8,8 @@ The recipe: 2 x 512 LSTM, dropout 0.5, batches of 100 x 100 characters of the no
 - project: src.train.train_step, the step of src/train.py's loop (CharRNN with params.yaml's 64-wide embedding,
   batches as views of one tensor, src.device's autocast, Adam, clipping, the loss kept on the
   device and fetched every 25 steps), in bf16 autocast and in fp32.
-src.train's CPU setting keep_freed_memory() is applied to the whole process (--glibc-default
-leaves it off), so the reference runs with it too.
+The process is set up as the train stage's (benchmarks.common.training_process: glibc keeps
+freed memory; --glibc-default leaves it off), so the reference runs with it too.
 A cycle runs --steps steps of each, then times the matmul peak (benchmarks.peak: the fastest
 kernel on the fastest of the LSTM's GEMM shapes, picked once at the start), in an order that
 rotates from cycle to cycle: load from other processes hits every variant alike. Reported:
@@ -35,11 +35,21 @@ import numpy as np
 import torch
 
 from benchmarks import peak
-from benchmarks.common import fmt_rate, machine, median, novel_split, table, threads_arg, time_each, write_json
+from benchmarks.common import (
+    fmt_rate,
+    machine,
+    median,
+    novel_split,
+    table,
+    threads_arg,
+    time_each,
+    training_process,
+    write_json,
+)
 from benchmarks.reference import SeedTrainer
 from src import data
 from src.config import config_from_dict
-from src.device import cpu_bf16_fails, keep_freed_memory, resolve_precision
+from src.device import cpu_bf16_fails, resolve_precision
 from src.model import CharRNN, ModelSpec
 from src.train import TrainPaths, train, train_step
 from src.vocab import Vocab
@@ -377,19 +387,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    # the reference runs with it too: same process
+    args.keep_freed_memory, setup = training_process(args.threads, args.glibc_default)
     args.machine = machine(args.threads)
     print(args.machine)
-    # src.train.train() applies this on CPU; it is process-wide, so the reference gets it too.
-    args.keep_freed_memory = False if args.glibc_default else keep_freed_memory()
-    print(
-        "glibc malloc: "
-        + (
-            "keeps freed memory (src.train's setting), for the reference too: same process"
-            if args.keep_freed_memory
-            else "default (returns freed memory; every step faults it in again)"
-        )
-    )
+    print(setup)
     print(
         "path: project on CPU with dropout: src.model's layer-by-layer oneDNN LSTM (one torch.lstm call per "
         "layer, time-major) with its own 16-bit dropout masks; reference: nn.LSTM (both layers in one call) with "

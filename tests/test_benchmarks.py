@@ -1,9 +1,11 @@
-"""The benchmarks' arithmetic: the step's GEMM list, its roofline and the CPU description."""
+"""The benchmarks' arithmetic (the step's GEMM list, its roofline), the CPU description, and the
+training benchmarks' process set up as the train stage's."""
 
 import pytest
 
-from benchmarks import peak
+from benchmarks import common, handwritten_lstm, peak, profile_step, train_speed
 from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
+from tests.test_device import GLIBC, faults
 
 
 @pytest.mark.parametrize("input_dim", [64, 83])
@@ -41,3 +43,31 @@ def test_machine_says_when_the_libraries_run_a_capped_instruction_set(monkeypatc
     assert "capped" not in machine(1)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert "instruction sets capped: ONEDNN_MAX_CPU_ISA=AVX2" in machine(1)
+
+
+@GLIBC
+def test_training_benchmarks_keep_freed_memory_as_the_train_stage_does():
+    # A step that faults its memory in again was what profile_step measured until session 7.
+    applied, kept = faults("from benchmarks.common import training_process; applied = training_process(1)[0]")
+    assert applied == "True" and kept < 2_000, kept
+    applied, default = faults("from benchmarks.common import training_process; applied = training_process(1, True)[0]")
+    assert applied == "False" and default > 9 * 16_000 * 0.9, default
+
+
+class _SetUp(Exception):
+    pass
+
+
+@pytest.mark.parametrize("bench", [train_speed, profile_step, handwritten_lstm])
+def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monkeypatch):
+    calls = []
+
+    def training_process(threads, glibc_default=False):
+        calls.append((threads, glibc_default))
+        raise _SetUp  # stop before any training
+
+    assert bench.training_process is common.training_process
+    monkeypatch.setattr(bench, "training_process", training_process)
+    with pytest.raises(_SetUp):
+        bench.main(["--threads", "1"])
+    assert calls == [(1, False)]

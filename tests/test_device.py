@@ -15,10 +15,11 @@ from tests.conftest import REPO
 # Allocate and free a 64 MiB tensor 30 times and count the page faults of the last nine. With the
 # setting, torch's 64-byte-aligned blocks first fragment the heap for ~15 rounds (RSS ~860 MB here),
 # then are reused; glibc's default unmaps and faults the whole block in again every round.
+# argv[1]: the code that sets `applied` (what the process does to malloc before the rounds).
 _FAULTS = textwrap.dedent("""
     import resource, sys, torch
-    from src.device import keep_freed_memory
-    applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+    applied = None
+    exec(sys.argv[1])
     def once():
         t = torch.ones(16 << 20)
         del t
@@ -29,18 +30,21 @@ _FAULTS = textwrap.dedent("""
         once()
     print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
+KEEP = "from src.device import keep_freed_memory; applied = keep_freed_memory()"
+GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
 
-def _faults(mode: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], cwd=REPO, capture_output=True, text=True, check=True)
-    applied, faults = out.stdout.split()
-    return applied, int(faults)
+def faults(setup: str) -> tuple[str, int]:
+    """(`applied` as printed, page faults of nine 64 MiB allocations) in a fresh process after `setup`."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS, setup], cwd=REPO, capture_output=True, text=True, check=True)
+    applied, n = out.stdout.split()
+    return applied, int(n)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@GLIBC
 def test_keep_freed_memory_stops_refaulting_freed_blocks():
-    applied, kept = _faults("keep")
-    _, default = _faults("default")
+    applied, kept = faults(KEEP)
+    _, default = faults("")
     assert applied == "True"
     # glibc's default unmaps the 64 MiB block at every free: 9 x 16k pages fault in again.
     assert default > 9 * 16_000 * 0.9, default
