@@ -7,6 +7,9 @@ rather than taken from a datasheet). Each GEMM shape the LSTM runs is timed with
 torch.mm (MKL in the CPU build for fp32, oneDNN for bf16) and oneDNN's linear, the library under
 nn.LSTM on CPU. They differ: on AMD CPUs MKL's fp32 GEMM takes a slower path than oneDNN's. The
 peak of a precision is its fastest kernel on its fastest shape: the most this machine multiplies.
+The process is set up as the train stage's (glibc keeps freed memory): with glibc's default
+(--glibc-default) every product's output of 32 MiB or more is mapped afresh and faulted in, which
+slows the shapes with large outputs (the input projection) and not the others.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Optional
 import torch
 import torch.utils.mkldnn
 
-from benchmarks.common import fmt_rate, machine, median, table, threads_arg
+from benchmarks.common import fmt_rate, machine, median, table, threads_arg, training_process
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -169,9 +172,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--vocab-size", type=int, default=83)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument(
+        "--glibc-default", action="store_true", help="leave glibc's malloc as it is (the train stage does not)"
+    )
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    _, setup = training_process(args.threads, args.glibc_default)
     print(machine(args.threads))
+    print(setup)
     shapes = lstm_shapes(args.batch, args.seq_len, args.lstm_size)
     result = measure(shapes, list(DTYPES), args.seconds)
     rows = []

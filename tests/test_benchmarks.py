@@ -58,7 +58,7 @@ class _SetUp(Exception):
     pass
 
 
-@pytest.mark.parametrize("bench", [train_speed, profile_step, handwritten_lstm])
+@pytest.mark.parametrize("bench", [peak, train_speed, profile_step, handwritten_lstm])
 def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monkeypatch):
     calls = []
 
