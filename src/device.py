@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from src.cells import CELLS
 from src.errors import KarnnaError
 
 
@@ -54,9 +55,6 @@ def cpu_has_fast_bf16(cpuinfo: Optional[str] = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-_LAYERS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
-
-
 @functools.cache
 def cpu_bf16_fails(cell: str = "lstm") -> Optional[str]:
     """None where torch runs a `cell` layer's forward and backward under bf16 autocast on this CPU,
@@ -65,7 +63,7 @@ def cpu_bf16_fails(cell: str = "lstm") -> Optional[str]:
     descriptor", while GRU and RNN run. A probe on a 4-wide layer, once per process and cell."""
     try:
         with torch.random.fork_rng(devices=[]):  # the probe's random weights leave the seeded stream alone
-            layer = _LAYERS[cell](4, 8)
+            layer = CELLS[cell].module(4, 8)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out, _ = layer(torch.randn(3, 2, 4))
             out.float().sum().backward()
