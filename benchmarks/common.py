@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from src import corpus, data
-from src.device import cpu_has_fast_bf16, keep_freed_memory
+from src.device import configure_process, cpu_has_fast_bf16
 from src.vocab import Vocab, build_vocab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,20 +91,27 @@ def threads_arg(value: str) -> int:
     return n or torch.get_num_threads()
 
 
+def add_glibc_default(parser: argparse.ArgumentParser) -> None:
+    """The training benchmarks' switch to measure what keeping freed memory saves (training_process)."""
+    parser.add_argument(
+        "--glibc-default", action="store_true", help="leave glibc's malloc at its default (the train stage does not)"
+    )
+
+
 def training_process(threads: int, glibc_default: bool = False) -> tuple[bool, str]:
     """Set this process up as the train stage sets up its own, for benchmarks that time training steps.
 
-    As src.device.configure_process does for the stages: torch's threads and glibc's malloc keeping
-    freed memory (keep_freed_memory). Without that, every step faults its activations and oneDNN's
-    workspace in again, a cost the pipeline does not pay, which a profile shows as autograd
-    bookkeeping and copies. `glibc_default` leaves malloc as it is, to measure that cost.
+    src.device.configure_process, the stages' own: torch's threads and glibc's malloc keeping
+    freed memory. Without that, every step faults its activations and oneDNN's workspace in
+    again, a cost the pipeline does not pay, which a profile shows as autograd bookkeeping and
+    copies. `glibc_default` leaves malloc as it is, to measure that cost.
     -> (whether malloc keeps freed memory, a line saying so).
     """
-    torch.set_num_threads(threads)
     if glibc_default:
+        torch.set_num_threads(threads)
         return False, "glibc malloc: default (returns freed memory; every step faults it in again)"
-    if keep_freed_memory():
-        return True, "glibc malloc: keeps freed memory, as the train stage sets it (src.device.keep_freed_memory)"
+    if configure_process(threads, torch.device("cpu")):
+        return True, "glibc malloc: keeps freed memory, as the train stage sets it (src.device.configure_process)"
     return False, "malloc: the C library's default (not glibc: src.device.keep_freed_memory does not apply)"
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import fused_lstm
-from benchmarks.common import machine, median, threads_arg, timed, training_process
+from benchmarks.common import add_glibc_default, machine, median, threads_arg, timed, training_process
 
 BF16 = torch.bfloat16
 
@@ -128,9 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads", type=threads_arg, default="1", help="torch threads (default: %(default)s)")
     p.add_argument("--shape", type=int, nargs=4, action="append", metavar=("T", "B", "D", "H"))
     p.add_argument("--no-fused", action="store_true", help="skip the compiled variant (no C++ compiler)")
-    p.add_argument(
-        "--glibc-default", action="store_true", help="leave glibc's malloc as it is (the train stage does not)"
-    )
+    add_glibc_default(p)
     args = p.parse_args(argv)
     _, setup = training_process(args.threads, args.glibc_default)
     print(machine(args.threads))

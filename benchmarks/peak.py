@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.utils.mkldnn
 
-from benchmarks.common import fmt_rate, machine, median, table, threads_arg, training_process
+from benchmarks.common import add_glibc_default, fmt_rate, machine, median, table, threads_arg, training_process
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -172,9 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--vocab-size", type=int, default=83)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument(
-        "--glibc-default", action="store_true", help="leave glibc's malloc as it is (the train stage does not)"
-    )
+    add_glibc_default(p)
     args = p.parse_args(argv)
     _, setup = training_process(args.threads, args.glibc_default)
     print(machine(args.threads))

@@ -20,7 +20,7 @@ from typing import Optional
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import peak
-from benchmarks.common import machine, novel_split, table, threads_arg, training_process
+from benchmarks.common import add_glibc_default, machine, novel_split, table, threads_arg, training_process
 from benchmarks.train_speed import BATCH, SEQ_LEN, ProjectTrainer, step_gemms
 
 # First matching pattern wins; op names as torch.profiler reports them.
@@ -52,9 +52,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="profiled steps (default: %(default)s)")
     p.add_argument("--threads", type=threads_arg, default="1", help="torch threads (default: %(default)s)")
     p.add_argument("--top", type=int, default=25, help="ops listed (default: %(default)s)")
-    p.add_argument(
-        "--glibc-default", action="store_true", help="leave glibc's malloc as it is (the train stage does not)"
-    )
+    add_glibc_default(p)
     args = p.parse_args(argv)
     _, setup = training_process(args.threads, args.glibc_default)
     print(machine(args.threads))

@@ -36,6 +36,7 @@ import torch
 
 from benchmarks import peak
 from benchmarks.common import (
+    add_glibc_default,
     fmt_rate,
     machine,
     median,
@@ -379,11 +380,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
     p.add_argument("--quality-steps", type=int, default=30, help="steps of the quality check; 0 skips it")
-    p.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="leave glibc's malloc at its default instead of src.train's keep_freed_memory()",
-    )
+    add_glibc_default(p)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)

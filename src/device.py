@@ -124,12 +124,11 @@ def keep_freed_memory() -> bool:
     return libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW) == 1
 
 
-def configure_process(num_threads: int, device: torch.device) -> None:
+def configure_process(num_threads: int, device: torch.device) -> bool:
     """The process-wide settings of a training or evaluation, for entry points only (stages,
-    `python -m src.tune`): torch's intra-op threads (0: torch's default) and, on CPU, glibc's
-    malloc keeping freed memory. Never called by the library: two trainings in one process
-    would otherwise change each other's settings."""
+    `python -m src.tune`, the training benchmarks): torch's intra-op threads (0: torch's default)
+    and, on CPU, glibc's malloc keeping freed memory. Never called by the library: two trainings
+    in one process would otherwise change each other's settings. -> whether malloc keeps freed memory."""
     if num_threads:
         torch.set_num_threads(num_threads)
-    if device.type == "cpu":
-        keep_freed_memory()
+    return device.type == "cpu" and keep_freed_memory()

@@ -30,7 +30,7 @@ _FAULTS = textwrap.dedent("""
         once()
     print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
-KEEP = "from src.device import keep_freed_memory; applied = keep_freed_memory()"
+SET_UP = "import torch; from src.device import configure_process; applied = configure_process(1, torch.device({!r}))"
 GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
 
@@ -42,10 +42,10 @@ def faults(setup: str) -> tuple[str, int]:
 
 
 @GLIBC
-def test_keep_freed_memory_stops_refaulting_freed_blocks():
-    applied, kept = faults(KEEP)
-    _, default = faults("")
-    assert applied == "True"
+def test_the_stages_process_set_up_stops_refaulting_freed_blocks_on_cpu():
+    applied, kept = faults(SET_UP.format("cpu"))
+    not_applied, default = faults(SET_UP.format("cuda"))  # the GPU's memory is not malloc's
+    assert (applied, not_applied) == ("True", "False")
     # glibc's default unmaps the 64 MiB block at every free: 9 x 16k pages fault in again.
     assert default > 9 * 16_000 * 0.9, default
     assert kept < 2_000, kept
