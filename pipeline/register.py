@@ -7,7 +7,9 @@ import sys
 
 from pipeline.common import BEST, CORPUS, METRICS, MODELS, load_config, stage, tracking_uri
 from src import checkpoint, corpus, fileio, registry
+from src.config import SampleConfig
 from src.errors import KarnnaError
+from src.vocab import Vocab
 
 REGISTRATION = MODELS / "registration.json"
 
@@ -35,9 +37,13 @@ def main() -> None:
         cfg.split.val_fraction,
         cfg.split.test_fraction,
     )
-    # sample.prime is known to be in the vocabulary; the other fields are fixed, so that a sample.*
-    # change reruns the sample stage only.
-    example = {"prime": cfg.sample.prime, "length": 50, "temperature": 1.0, "top_k": 5, "seed": 1234}
+    # The served model's example request, fixed rather than sample.*, so that a sample.* change
+    # reruns the sample stage only: the default prime where the model knows it, else the corpus's
+    # first word (a text of your own, data.path): never a prime the vocabulary cannot encode.
+    vocab = Vocab.from_dict(payload["vocab"], f"{BEST} (vocabulary)")
+    head = CORPUS.read_bytes()[:40_000].decode("utf-8", errors="ignore")
+    prime = vocab.suggest_prime(head, prefer=SampleConfig().prime)
+    example = {"prime": prime, "length": 50, "temperature": 1.0, "top_k": 5, "seed": 1234}
     done = registry.register(
         tracking_uri(),
         payload["run_id"],

@@ -25,7 +25,7 @@ from src.device import configure_process, resolve_device, resolve_precision
 from src.tracking import DatasetInfo
 from src.train import TrainPaths, train
 from src.train_state import plan_resume
-from src.vocab import Vocab
+from src.vocab import PRIME_PARAM, Vocab
 
 
 def write_history(result) -> None:
@@ -58,6 +58,9 @@ def main() -> None:
     resolve_precision(cfg.train.precision, device, cfg.model.cell)  # a bf16 torch cannot run: before the run
     vocab = Vocab.load(VOCAB)
     train_ids = fileio.read_npy(SPLIT_DIR / "train.npy")
+    # Check-only (not a param of this stage, dvc.yaml): a prime the sample stage could not encode
+    # stops here, before the training rather than after it.
+    vocab.encode_prime(cfg.sample.prime, PRIME_PARAM, text=vocab.decode(train_ids[:10_000]))
     val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")
     uri = tracking_uri()
     context = run_context(SPLIT_DIR / "train.npy", SPLIT_DIR / "val.npy", VOCAB)

@@ -8,6 +8,7 @@ The newline policy travels with it, because ids only mean something under the sa
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,12 @@ import numpy as np
 
 from src import fileio
 from src.errors import KarnnaError
+
+# (what names a prime, how to give another: {} is a suggestion, shell-quoted) for encode_prime.
+PRIME_ARG = ("prime", "use characters the model was trained on, e.g. {}")
+PRIME_OPTION = ("--prime", "use characters the model was trained on, e.g. --prime {}")
+# sample.prime of params.yaml, for the sample stage and the train stage's check before training.
+PRIME_PARAM = ("params.yaml: sample.prime", "set a prime from your corpus, e.g. `dvc exp run -S {}`", "sample.prime=")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,37 @@ class Vocab:
                 f"{' ...' if len(missing) > 10 else ''}; use only characters the model was trained on"
             )
         return ids.astype(self.dtype)
+
+    def missing(self, text: str) -> list[str]:
+        """The characters of `text` that are not in the vocabulary, sorted."""
+        return sorted(set(text) - set(self.chars))
+
+    def encode_prime(self, prime: str, names: tuple[str, ...] = PRIME_ARG, text: str = "") -> np.ndarray:
+        """A prime's ids. A prime the vocabulary cannot encode is one line naming it (names[0]),
+        its missing characters and a prime to use instead (names[1]), taken from `text` (say the
+        corpus) or else from the vocabulary itself; names[2], if any, prefixes the suggestion."""
+        missing = self.missing(prime)
+        if missing:
+            where, fix, *prefix = names
+            shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            example = shlex.quote("".join(prefix) + self.suggest_prime(text))
+            raise KarnnaError(f"{where} {prime!r}: characters not in the vocabulary: {shown}; {fix.format(example)}")
+        if not prime:
+            raise KarnnaError(f"{names[0]} is empty; {names[1].format(shlex.quote(self.suggest_prime(text)))}")
+        return self.encode(prime)
+
+    def suggest_prime(self, text: str = "", prefer: str = "") -> str:
+        """A prime this vocabulary encodes: `prefer` if it does, else the first word of `text` (a
+        run of letters; its first 4 past 12, as in a script without spaces), else the
+        vocabulary's first 3 letters."""
+        if prefer and not self.missing(prefer):
+            return prefer
+        known = set(self.chars)
+        words = "".join(c if c.isalpha() and c in known else " " for c in text[:10_000]).split()
+        if words:
+            return words[0] if len(words[0]) <= 12 else words[0][:4]
+        letters = [c for c in self.chars if c.isalpha()]
+        return "".join(letters[:3]) or next((c for c in self.chars if not c.isspace()), self.chars[0])
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)

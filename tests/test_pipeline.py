@@ -190,3 +190,48 @@ def test_evaluate_scores_in_fp32_whatever_the_training_shape_and_precision(stage
         write_params(stage_repo, params)
         assert _stage(stage_repo, "evaluate").returncode == 0
         assert json.loads((stage_repo / "metrics/eval.json").read_text()) == first, changes
+
+
+# A few sentences of plain Chinese (written for this test), repeated: about 1,400 characters, no Latin.
+CJK_TEXT = (
+    "春天来了，山上的花都开了。小河里的水很清，孩子们在河边唱歌。\n"
+    "老人坐在门口，看着远方的田野。她说：“今年的雨水多，麦子会长得好。”\n"
+    "晚上，一家人围着桌子吃饭，谈着城里的新鲜事。\n"
+) * 15
+
+
+@pytest.mark.slow
+def test_a_prime_the_corpus_cannot_encode_stops_before_training(repo, tmp_path):
+    """Your own text with data.path alone: the default prime "Far" is not in a Chinese novel's
+    vocabulary. The train stage says so in one line before any training step (nothing trained,
+    no MLflow run); the prime it suggests goes through sample and register, and a new prime
+    then reruns sampling only."""
+    cjk = tmp_path / "novel.txt"
+    cjk.write_text(CJK_TEXT, encoding="utf-8")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["path"] = str(cjk)
+    params["sample"]["prime"] = "Far"
+    params["tracking"]["enabled"] = True
+    write_params(repo, params)
+    sh(repo, "dvc", "repro", "split")
+    proc = _stage(repo, "train")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line, proc.stderr
+    assert line.startswith("error: params.yaml: sample.prime 'Far': characters not in the vocabulary: 'F', 'a', 'r'")
+    assert "step" not in proc.stdout and not (repo / "models").exists() and not (repo / "mlflow.db").exists()
+    suggested = line.split("-S 'sample.prime=")[1].split("'")[0]  # from the corpus: its first word
+    assert suggested == "春天来了"
+
+    params["sample"]["prime"] = suggested
+    write_params(repo, params)
+    ran = sh(repo, "dvc", "repro").stdout
+    assert sorted(ran_stages(ran)) == ["evaluate", "register", "sample", "train"]
+    assert (repo / "samples/sample.txt").read_text(encoding="utf-8").startswith(suggested)
+    registration = json.loads((repo / "models/registration.json").read_text())
+    assert registration["registered"] is True and registration["version"] == "1"
+
+    params["sample"]["prime"] = "孩子"
+    write_params(repo, params)
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["sample"]
+    assert (repo / "samples/sample.txt").read_text(encoding="utf-8").startswith("孩子")

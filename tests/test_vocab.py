@@ -3,7 +3,7 @@ import pytest
 
 from src import corpus
 from src.errors import KarnnaError
-from src.vocab import Vocab, build_vocab
+from src.vocab import PRIME_PARAM, Vocab, build_vocab
 from tests.conftest import TINY_TEXT
 
 
@@ -51,3 +51,19 @@ def test_vocab_json_records_newline_policy(tmp_path):
 def test_empty_text_is_an_error():
     with pytest.raises(KarnnaError, match="empty"):
         build_vocab("", "lf")
+
+
+def test_a_prime_outside_the_vocabulary_is_one_line_with_a_prime_from_the_corpus():
+    text = "第一章\n春天来了，山上的花都开了。" * 3
+    vocab = build_vocab(text, "lf")
+    with pytest.raises(KarnnaError) as info:
+        vocab.encode_prime("Far", PRIME_PARAM, text=text)
+    assert str(info.value) == (
+        "params.yaml: sample.prime 'Far': characters not in the vocabulary: 'F', 'a', 'r'; "
+        "set a prime from your corpus, e.g. `dvc exp run -S 'sample.prime=第一章'`"
+    )
+    assert vocab.encode_prime("春天", PRIME_PARAM).tolist() == vocab.encode("春天").tolist()
+    # without a text, letters of the vocabulary; a long run of letters (no spaces) is cut to 4
+    assert not vocab.missing(vocab.suggest_prime()) and vocab.suggest_prime()
+    assert vocab.suggest_prime("春天来了山上的花都开了山上的花") == "春天来了"
+    assert vocab.suggest_prime(text, prefer="Far") == "第一章" and vocab.suggest_prime(text, prefer="山上") == "山上"
