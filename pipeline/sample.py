@@ -1,10 +1,12 @@
-"""Stage sample: text from models/best.pt primed with sample.prime -> samples/sample.txt, printed."""
+"""Stage sample: text from models/best.pt primed with sample.prime -> samples/sample.txt, printed
+as it is drawn."""
 
 import sys
 
 from pipeline.common import BEST, SAMPLES, load_config, stage, tracking_uri
 from src import checkpoint, fileio, tracking
-from src.sample import generate
+from src.sample import stream
+from src.vocab import PRIME_PARAM
 
 
 @stage
@@ -12,10 +14,16 @@ def main() -> None:
     cfg = load_config()
     s = cfg.sample
     model, vocab, payload = checkpoint.load(BEST, "cpu")
-    (text,) = generate(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed)
+    vocab.encode_prime(s.prime, PRIME_PARAM)
+    pieces = []
+    for (piece,) in stream(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed):
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print()
+    text = "".join(pieces)
     path = SAMPLES / "sample.txt"
-    fileio.write_text(path, text + "\n")
-    print(text)
+    fileio.write_text(path, text + "\n")  # whole, once drawn: never a half-written sample
     # The head of the sample as a tag: a column that `mlflow ui` can show beside the losses.
     tracking.log_to_run(payload.get("run_id"), tracking_uri(), artifacts=[path], tags={"sample": text[:500]})
 

@@ -130,13 +130,23 @@ class EvaluateConfig(Section):
     chunk_len: PositiveInt = 500
 
 
+# Sampling temperatures that do something: at 0.001 a trained model's text was already the greedy
+# one, at 1000 within 0.2% of uniform; further out only the arithmetic changes: fp32 and bf16
+# logits / T overflow to inf below about 1e-37 (NaN draws), and fp32 rounds to exactly uniform
+# above about 1e9 (README, "Sampling"). src.sample refuses the same values.
+TEMPERATURES = (1e-3, 1e3)
+TEMPERATURE_EXPECT = "a number from 0.001 to 1000, e.g. 0.8 (1.0 keeps the model's distribution)"
+SEED_MAX = 2**64 - 1  # torch's seeds: a negative one would draw seed + 2**64's text
+SEED_EXPECT = f"an integer from 0 to {SEED_MAX}, e.g. 1234"
+
+
 class SampleConfig(Section):
     prime: str = Field("Far", min_length=1, **_expect('a non-empty string such as "Far"'))
     length: int = Field(2000, ge=1, **_expect("a positive number of characters"))
     # 0: sample from the whole distribution; 1: greedy.
     top_k: int = Field(5, ge=0, **_expect("0 (no cut), 1 (greedy) or more"))
-    temperature: float = Field(1.0, gt=0.0, **_expect("a positive number"))
-    seed: int = 1234
+    temperature: float = Field(1.0, ge=TEMPERATURES[0], le=TEMPERATURES[1], **_expect(TEMPERATURE_EXPECT))
+    seed: int = Field(1234, ge=0, le=SEED_MAX, **_expect(SEED_EXPECT))
 
 
 class TrackingConfig(Section):
@@ -324,7 +334,9 @@ def _what(kind: str, value: Any, error: dict, expected: Optional[str]) -> str:
                 f"expected a number, {got}; YAML reads {value} as a string because it has no dot in the"
                 f" mantissa: write {_yaml_float(value)}"
             )
-        return f"expected a finite number, {got}" if kind == "finite_number" else f"expected a number, {got}"
+        if kind == "finite_number":
+            return f"expected a finite number, {got}" + (f"; use {expected}" if expected else "")
+        return f"expected a number, {got}"
     if kind == "list_type":
         return f"expected a list, e.g. [128, 256], {got}"
     return f"{value!r} is out of range; expected {expected or error['msg'].lower()}"

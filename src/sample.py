@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,11 +17,11 @@ from typing import Iterator, Optional
 import torch
 
 from src import checkpoint
-from src.config import SampleConfig
+from src.config import SEED_EXPECT, SEED_MAX, TEMPERATURE_EXPECT, TEMPERATURES, SampleConfig
 from src.errors import KarnnaError
 from src.model import CharRNN, State, count_params
 from src.stepper import CHECK_EVERY, FP32, Stepper, demote
-from src.vocab import Vocab
+from src.vocab import PRIME_OPTION, Vocab
 
 
 class FusedStepper:
@@ -50,7 +52,27 @@ class FusedStepper:
 STEPPER_BELOW = 64
 
 
-@torch.inference_mode()
+def check_request(
+    length: int, top_k: int, temperature: float, seed: Optional[int], num_samples: int = 1, option: bool = False
+) -> None:
+    """One line for a value generation cannot use, before anything runs; option: named as the
+    command line's --options."""
+
+    def name(key: str) -> str:
+        return "--" + key.replace("_", "-") if option else key
+
+    if length < 1:
+        raise KarnnaError(f"{name('length')} is {length}; ask for at least 1 character, e.g. 500")
+    if top_k < 0:
+        raise KarnnaError(f"{name('top_k')} is {top_k}; use 0 (no cut), 1 (greedy) or more, e.g. 5")
+    if not TEMPERATURES[0] <= temperature <= TEMPERATURES[1]:  # NaN included
+        raise KarnnaError(f"{name('temperature')} is {temperature:g}; use {TEMPERATURE_EXPECT}")
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise KarnnaError(f"{name('seed')} is {seed}; use {SEED_EXPECT}")
+    if num_samples < 1:
+        raise KarnnaError(f"{name('num_samples')} is {num_samples}; ask for at least 1")
+
+
 def generate(
     model: CharRNN,
     vocab: Vocab,
@@ -73,22 +95,38 @@ def generate(
     plain loop's text for a seed, and among all of them without one (bf16 and int8 weights draw
     from the same distribution, not the same text).
     """
-    if length < 1:
-        raise KarnnaError(f"sample length is {length}; ask for at least 1 character")
-    if not prime:
-        raise KarnnaError("the prime is empty; give at least one character, e.g. --prime Far")
-    if temperature <= 0:
-        raise KarnnaError(f"temperature is {temperature}; use a positive number (1.0 leaves the distribution as is)")
-    try:
-        prime_ids = vocab.encode(prime)
-    except KarnnaError as exc:
-        raise KarnnaError(f"prime {prime!r}: {exc}") from None
+    pieces = list(stream(model, vocab, prime, length, top_k, temperature, seed, num_samples, gemv))
+    return ["".join(texts) for texts in zip(*pieces)]
+
+
+def stream(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    length: int,
+    top_k: int = 5,
+    temperature: float = 1.0,
+    seed: Optional[int] = None,
+    num_samples: int = 1,
+    gemv: Optional[str] = None,
+) -> Iterator[list[str]]:
+    """generate()'s text as it is drawn: the prime of each sample first, then each stretch of
+    new characters (CHECK_EVERY at a time); joined, they are generate()'s texts. Bad input is
+    refused here, before the first piece."""
+    check_request(length, top_k, temperature, seed, num_samples)
+    prime_ids = vocab.encode_prime(prime)
+    k = top_k if 0 < top_k < vocab.size else 0
+    return _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv)
+
+
+@torch.inference_mode()
+def _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv) -> Iterator[list[str]]:
+    yield [prime] * num_samples
     model.eval()
     device = model.head.weight.device
-    k = top_k if 0 < top_k < vocab.size else 0
     with _threads_for(device, num_samples * count_params(model)):
-        out = _draw(model, prime_ids, length, k, temperature, seed, num_samples, gemv)
-    return [prime + vocab.decode(row.tolist()) for row in out]
+        for ids in _stretches(model, prime_ids, length, k, temperature, seed, num_samples, gemv):
+            yield [vocab.decode(row.tolist()) for row in ids]
 
 
 # Below this many multiply-adds per step, a second torch thread costs more in hand-offs than it
@@ -117,7 +155,7 @@ def _draw_one(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (probs / torch.empty_like(probs).exponential_(generator=gen)).argmax(dim=-1, keepdim=True)
 
 
-def _draw(
+def _stretches(
     model: CharRNN,
     prime_ids,
     length: int,
@@ -126,8 +164,9 @@ def _draw(
     seed: Optional[int],
     num_samples: int,
     gemv: Optional[str] = None,
-) -> torch.Tensor:
-    """-> (num_samples, length) ids on the CPU."""
+) -> Iterator[torch.Tensor]:
+    """-> (num_samples, n) ids on the CPU, CHECK_EVERY characters at a time. How the draws are cut
+    into stretches changes nothing else: each stretch steps past its last draw for the next."""
     device = model.head.weight.device
     # On the model's device (CUDA's or the CPU's), so that a draw never waits for a copy to the host.
     draw_on = device if device.type in ("cpu", "cuda") else torch.device("cpu")
@@ -142,18 +181,18 @@ def _draw(
         step = Stepper(model, gemv or (FP32 if seed is not None else None))  # a seed asks for its text
     else:
         step = FusedStepper(model)
-    states, last, pieces = step.states(hidden), logits[:, -1], []
+    states, last = step.states(hidden), logits[:, -1]
     while length > 0:
-        # a measured threaded path runs CHECK_EVERY characters at a time, watched (src/stepper.py)
-        n = length if step.limit is None else min(length, CHECK_EVERY)
+        # a measured threaded path is watched stretch by stretch (src/stepper.py)
+        n = min(length, CHECK_EVERY)
         start = time.perf_counter()
         with step.threads():
             ids, last, states = _loop(step, states, last, n, k, temperature, gen, draw_on, n < length)
-        pieces.append(ids)
+        seconds = time.perf_counter() - start  # before the yield: a slow reader is not a slow path
+        yield ids
         length -= n
-        if step.limit is not None and (time.perf_counter() - start) / n > step.limit:
+        if step.limit is not None and seconds / n > step.limit:
             step = Stepper(model, demote(model, step.exact))  # an fp32 one for a seed: the same text
-    return torch.cat(pieces, dim=1)
 
 
 def _loop(
@@ -203,26 +242,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
     args = p.parse_args(argv)
+    top_k = 1 if args.greedy else args.top_k
     try:
-        if args.num_samples < 1:
-            raise KarnnaError(f"--num-samples is {args.num_samples}; ask for at least 1")
-        if args.top_k < 0:
-            raise KarnnaError(f"--top-k is {args.top_k}; use 0 (no cut), 1 (greedy) or more")
+        check_request(args.length, top_k, args.temperature, args.seed, args.num_samples, option=True)
         model, vocab, _ = checkpoint.load(args.checkpoint, args.device)
-        texts = generate(
-            model,
-            vocab,
-            args.prime,
-            args.length,
-            top_k=1 if args.greedy else args.top_k,
-            temperature=args.temperature,
-            seed=args.seed,
-            num_samples=args.num_samples,
-        )
+        vocab.encode_prime(args.prime, PRIME_OPTION)
+        pieces = stream(model, vocab, args.prime, args.length, top_k, args.temperature, args.seed, args.num_samples)
     except KarnnaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n\n".join(texts))
+    try:
+        if args.num_samples == 1:  # as it is drawn: a long text starts at once
+            for (piece,) in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:  # drawn side by side, printed one after another
+            print("\n\n".join("".join(texts) for texts in zip(*pieces)))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader had enough (`| head`): stop quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 128 + signal.SIGPIPE
     return 0
 
 

@@ -56,6 +56,25 @@ def test_defaults_when_sections_are_missing():
             r"split\.val_fraction \+ test_fraction: .*under 0\.9",
         ),
         ({"train": {"max_steps": 0}}, r"train\.max_steps: 0 is out of range; expected a positive integer or null"),
+        # temperatures whose arithmetic gives garbage (NaN draws) or nothing new (greedy, uniform)
+        (
+            {"sample": {"temperature": float("nan")}},
+            r"sample\.temperature: .* nan; use a number from 0\.001 to 1000, e\.g\. 0\.8",
+        ),
+        ({"sample": {"temperature": float("inf")}}, r"sample\.temperature: .* inf; use a number from 0\.001 to 1000"),
+        (
+            {"sample": {"temperature": 1e308}},
+            r"sample\.temperature: 1e\+308 is out of range; expected a number from 0\.001 to 1000",
+        ),
+        (
+            {"sample": {"temperature": 1e-300}},
+            r"sample\.temperature: 1e-300 is out of range; expected a number from 0\.001",
+        ),
+        (
+            {"sample": {"seed": -1}},
+            r"sample\.seed: -1 is out of range; expected an integer from 0 to 18446744073709551615",
+        ),
+        ({"sample": {"seed": 2**64}}, r"sample\.seed: 18446744073709551616 is out of range"),
     ],
 )
 def test_bad_values_name_the_file_and_key(raw, expected):

@@ -11,7 +11,7 @@ from benchmarks.reference import SeedLSTM, get_batches, one_hot
 from src import stepper as stepper_mod
 from src.device import cpu_has_fast_bf16
 from src.model import CharRNN, ModelSpec, dropout_mask
-from src.sample import STEPPER_BELOW, Stepper, generate
+from src.sample import STEPPER_BELOW, Stepper, generate, stream
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT
 
@@ -109,6 +109,22 @@ def test_generate_draws_what_the_plain_loop_draws(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_stream_gives_the_plain_loops_text_stretch_by_stretch(cell):
+    """The prime first, then each stretch as drawn; joined, the plain loop's text (and generate()'s),
+    on both paths: the Stepper (batch 1) and the model's own fused call."""
+    vocab = build_vocab(TINY_TEXT, "lf")
+    model = _model(vocab.size, cell=cell).eval()
+    length = 3 * stepper_mod.CHECK_EVERY + 8
+    for seed, n in ((3, 1), (5, STEPPER_BELOW)):
+        pieces = list(stream(model, vocab, "The", length, top_k=4, seed=seed, num_samples=n))
+        assert pieces[0] == ["The"] * n
+        assert [len(p[0]) for p in pieces[1:]] == [stepper_mod.CHECK_EVERY] * 3 + [8]
+        texts = ["".join(t) for t in zip(*pieces)]
+        assert texts == _plain_generate(model, vocab, "The", length, 4, seed, n)
+        assert texts == generate(model, vocab, "The", length, top_k=4, seed=seed, num_samples=n)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("path", stepper_mod.EXACT_PATHS)
 def test_every_fp32_gemv_path_draws_the_plain_loops_text(path, cell):
     vocab = build_vocab(TINY_TEXT, "lf")
@@ -177,7 +193,7 @@ def test_a_seed_draws_the_plain_loops_text_where_int8_is_fastest(monkeypatch):
     assert {key[3]: path for key, (path, _) in stepper_mod.chosen().items()} == {**chosen, False: "int8"}
 
 
-def test_sample_stage_writes_the_plain_loops_text_where_int8_is_fastest(monkeypatch, tmp_path):
+def test_sample_stage_writes_the_plain_loops_text_where_int8_is_fastest(monkeypatch, tmp_path, capsys):
     """The DVC-tracked sample (sample.seed) is the same text on a rerun, whichever path a timing favours."""
     import pipeline.sample as sample_stage
     from src.config import config_from_dict
@@ -193,6 +209,7 @@ def test_sample_stage_writes_the_plain_loops_text_where_int8_is_fastest(monkeypa
     monkeypatch.setattr(sample_stage.tracking, "log_to_run", lambda *a, **k: None)
     assert sample_stage.main() == 0
     assert (tmp_path / "sample.txt").read_text() == _plain_generate(model, vocab, "The", 1000, 4, 3, 1)[0] + "\n"
+    assert capsys.readouterr().out == (tmp_path / "sample.txt").read_text()  # printed as drawn: the same text
 
 
 def _numpy_fastest(model, paths=None):

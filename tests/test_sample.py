@@ -1,3 +1,11 @@
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -5,6 +13,7 @@ from src import checkpoint
 from src.errors import KarnnaError
 from src.model import CharRNN, ModelSpec
 from src.sample import generate, main
+from src.stepper import CHECK_EVERY
 from src.vocab import build_vocab
 from tests.conftest import TINY_TEXT
 
@@ -130,3 +139,88 @@ def test_frequencies_at_temperature_1_match_the_softmax(model_vocab):
     probs = torch.softmax(_logits_along(model, vocab, prime + vocab.chars[common])[-1], dim=-1)
     tv = 0.5 * (torch.bincount(seconds, minlength=vocab.size) / len(seconds) - probs).abs().sum()
     assert len(seconds) > 5000 and tv < 0.05
+
+
+BAD_REQUESTS = [
+    # NaN and inf make NaN draws; 1e308 is inf as a float32 divisor, 1e-300 is 0; 1e-40 overflows fp32 logits
+    ({"temperature": float("nan")}, r"temperature is nan; use a number from 0\.001 to 1000, e\.g\. 0\.8"),
+    ({"temperature": float("inf")}, r"temperature is inf; use a number from 0\.001 to 1000"),
+    ({"temperature": 1e308}, r"temperature is 1e\+308; use a number from 0\.001 to 1000"),
+    ({"temperature": 1e-300}, r"temperature is 1e-300; use a number from 0\.001 to 1000"),
+    ({"temperature": 1e-40}, r"temperature is 1e-40; use"),
+    ({"temperature": 0.0}, r"temperature is 0; use"),
+    ({"temperature": -1.0}, r"temperature is -1; use"),
+    # torch takes a seed modulo 2**64: -1 would draw seed 2**64 - 1's text, 2**64 is a ValueError
+    ({"seed": -1}, r"seed is -1; use an integer from 0 to 18446744073709551615, e\.g\. 1234"),
+    ({"seed": 2**64}, r"seed is 18446744073709551616; use an integer from 0"),
+    ({"top_k": -1}, r"top_k is -1; use 0 \(no cut\), 1 \(greedy\) or more"),
+    ({"length": 0}, r"length is 0; ask for at least 1"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_REQUESTS)
+def test_generate_refuses_what_it_cannot_sample(model_vocab, bad, message):
+    model, vocab = model_vocab
+    request = {"prime": "a", "length": 5, "top_k": 5, "temperature": 1.0, "seed": 1, **bad}
+    with pytest.raises(KarnnaError, match=message) as info:
+        generate(model, vocab, **request)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e3])
+def test_the_ends_of_the_temperature_range_sample(model_vocab, temperature):
+    model, vocab = model_vocab
+    (text,) = generate(model, vocab, "a", 50, top_k=0, temperature=temperature, seed=2)
+    assert len(text) == 51 and not set(text) - set(vocab.chars)
+
+
+@pytest.mark.parametrize("bad, message", BAD_REQUESTS)
+def test_cli_refuses_in_one_line_naming_the_option(model_vocab, tmp_path, capsys, bad, message):
+    """`python -m src.sample --temperature nan` and the like: exit 2, one line, nothing printed."""
+    model, vocab = model_vocab
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, model, vocab, step=1)
+    ((key, value),) = bad.items()
+    option = "--" + key.replace("_", "-")
+    assert main(["--checkpoint", str(path), "--length", "5", "--seed", "1", f"{option}={value}"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert re.match("error: " + message.replace(key, option, 1), err), err
+
+
+def test_cli_prints_generates_text(model_vocab, tmp_path, capsys):
+    """Streamed piece by piece (one sample) or at the end (several): generate()'s text, byte for byte."""
+    model, vocab = model_vocab
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, model, vocab, step=1)
+    for n in (1, 3):
+        argv = ["--checkpoint", str(path), "--prime", "The", "--length", "300", "--seed", "4", "--num-samples", str(n)]
+        assert main(argv) == 0
+        assert capsys.readouterr().out == "\n\n".join(generate(model, vocab, "The", 300, seed=4, num_samples=n)) + "\n"
+
+
+@pytest.mark.slow
+def test_a_long_text_reaches_stdout_as_it_is_drawn(model_vocab, tmp_path):
+    """`python -m src.sample --length 100000000` (hours here): its first characters arrive through
+    a pipe within seconds, while it runs; a reader that closes the pipe (`| head`) ends it quietly."""
+    model, vocab = model_vocab
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, model, vocab, step=1)
+    argv = ["--checkpoint", str(path), "--prime", "The", "--length", "100000000", "--seed", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.sample", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        first, deadline = b"", time.monotonic() + 60
+        while len(first) < 3 + 2 * CHECK_EVERY:  # the prime, then stretches of new characters
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"after 60 s, only {first!r} on stdout"
+            first += os.read(proc.stdout.fileno(), 1 << 16)
+        assert first.startswith(b"The") and proc.poll() is None  # still drawing
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
+        proc.wait()
