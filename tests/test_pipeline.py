@@ -212,6 +212,7 @@ def test_a_prime_the_corpus_cannot_encode_stops_before_training(repo, tmp_path):
     params["data"]["path"] = str(cjk)
     params["sample"]["prime"] = "Far"
     params["tracking"]["enabled"] = True
+    params["train"].update({"max_steps": 10, "eval_interval": 10})
     write_params(repo, params)
     sh(repo, "dvc", "repro", "split")
     proc = _stage(repo, "train")
@@ -235,3 +236,10 @@ def test_a_prime_the_corpus_cannot_encode_stops_before_training(repo, tmp_path):
     write_params(repo, params)
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["sample"]
     assert (repo / "samples/sample.txt").read_text(encoding="utf-8").startswith("孩子")
+    # A bad prime set after training: the sample stage alone fails, in the same words.
+    params["sample"]["prime"] = "Far"
+    write_params(repo, params)
+    proc = _stage(repo, "sample")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.startswith("error: params.yaml: sample.prime 'Far': characters not in the vocabulary")
+    assert proc.stderr.count("\n") == 1 and "-S 'sample.prime=" in proc.stderr
