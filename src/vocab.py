@@ -21,7 +21,12 @@ from src.errors import KarnnaError
 PRIME_ARG = ("prime", "use characters the model was trained on, e.g. {}")
 PRIME_OPTION = ("--prime", "use characters the model was trained on, e.g. --prime {}")
 # sample.prime of params.yaml, for the sample stage and the train stage's check before training.
-PRIME_PARAM = ("params.yaml: sample.prime", "set a prime from your corpus, e.g. `dvc exp run -S {}`", "sample.prime=")
+# dvc's -S parses its value as a Hydra override, which takes letters beyond ASCII only quoted.
+PRIME_PARAM = (
+    "params.yaml: sample.prime",
+    "set a prime from your corpus, e.g. `dvc exp run -S {}`",
+    'sample.prime="{}"',
+)
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,12 @@ class Vocab:
     def encode_prime(self, prime: str, names: tuple[str, ...] = PRIME_ARG, text: str = "") -> np.ndarray:
         """A prime's ids. A prime the vocabulary cannot encode is one line naming it (names[0]),
         its missing characters and a prime to use instead (names[1]), taken from `text` (say the
-        corpus) or else from the vocabulary itself; names[2], if any, prefixes the suggestion."""
+        corpus) or else from the vocabulary itself; names[2], if any, formats the suggestion."""
         missing = self.missing(prime)
         if missing:
-            where, fix, *prefix = names
+            where, fix, arg = (*names, "{}")[:3]
             shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            example = shlex.quote("".join(prefix) + self.suggest_prime(text))
+            example = shlex.quote(arg.format(self.suggest_prime(text)))
             raise KarnnaError(f"{where} {prime!r}: characters not in the vocabulary: {shown}; {fix.format(example)}")
         if not prime:
             raise KarnnaError(f"{names[0]} is empty; {names[1].format(shlex.quote(self.suggest_prime(text)))}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -221,13 +222,15 @@ def test_a_prime_the_corpus_cannot_encode_stops_before_training(repo, tmp_path):
     assert "\n" not in line and "Traceback" not in line, proc.stderr
     assert line.startswith("error: params.yaml: sample.prime 'Far': characters not in the vocabulary: 'F', 'a', 'r'")
     assert "step" not in proc.stdout and not (repo / "models").exists() and not (repo / "mlflow.db").exists()
-    suggested = line.split("-S 'sample.prime=")[1].split("'")[0]  # from the corpus: its first word
-    assert suggested == "春天来了"
-
-    params["sample"]["prime"] = suggested
-    write_params(repo, params)
-    ran = sh(repo, "dvc", "repro").stdout
+    command = line.split("`")[1]  # the fix the line names, run as it stands
+    assert command == """dvc exp run -S 'sample.prime="春天来了"'"""  # the corpus's first word
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "Chinese novel")
+    ran = sh(repo, *shlex.split(command)).stdout
     assert sorted(ran_stages(ran)) == ["evaluate", "register", "sample", "train"]
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    suggested = params["sample"]["prime"]
+    assert suggested == "春天来了"
     assert (repo / "samples/sample.txt").read_text(encoding="utf-8").startswith(suggested)
     registration = json.loads((repo / "models/registration.json").read_text())
     assert registration["registered"] is True and registration["version"] == "1"

@@ -60,7 +60,7 @@ def test_a_prime_outside_the_vocabulary_is_one_line_with_a_prime_from_the_corpus
         vocab.encode_prime("Far", PRIME_PARAM, text=text)
     assert str(info.value) == (
         "params.yaml: sample.prime 'Far': characters not in the vocabulary: 'F', 'a', 'r'; "
-        "set a prime from your corpus, e.g. `dvc exp run -S 'sample.prime=第一章'`"
+        "set a prime from your corpus, e.g. `dvc exp run -S 'sample.prime=\"第一章\"'`"
     )
     assert vocab.encode_prime("春天", PRIME_PARAM).tolist() == vocab.encode("春天").tolist()
     # without a text, letters of the vocabulary; a long run of letters (no spaces) is cut to 4
