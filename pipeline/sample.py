@@ -2,8 +2,9 @@
 
 import sys
 
-from pipeline.common import BEST, SAMPLES, load_config, stage, tracking_uri
+from pipeline.common import BEST, SAMPLES, clear_outputs, load_config, stage, tracking_uri
 from src import checkpoint, fileio, tracking
+from src.errors import KarnnaError
 from src.sample import generate
 
 
@@ -12,8 +13,13 @@ def main() -> None:
     cfg = load_config()
     s = cfg.sample
     model, vocab, payload = checkpoint.load(BEST, "cpu")
-    (text,) = generate(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed)
+    try:  # the one sample.* value params.yaml's checks cannot judge: before the old sample goes
+        vocab.encode(s.prime)
+    except KarnnaError as exc:
+        raise KarnnaError(f"sample.prime {s.prime!r}: {exc}") from None
     path = SAMPLES / "sample.txt"
+    clear_outputs(path)  # persist in dvc.yaml: removed here, once the inputs are checked
+    (text,) = generate(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed)
     fileio.write_text(path, text + "\n")
     print(text)
     # The head of the sample as a tag: a column that `mlflow ui` can show beside the losses.
