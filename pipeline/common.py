@@ -38,6 +38,15 @@ def load_config(path: Path = PARAMS) -> Config:
     return config_from_dict(load_params(path), path.name)
 
 
+def clear_outputs(*paths: Path) -> None:
+    """Remove a stage's previous outputs once its params and inputs are checked, right before the
+    real work. dvc.yaml marks them `persist`, so DVC leaves them in place and a stage that fails
+    on bad input loses nothing (a fixed typo then reruns nothing); removing them here keeps a run
+    that fails or is interrupted later from leaving the previous params' results in place."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def stage(fn: Callable[[], None]) -> Callable[[], int]:
     """Wrap a stage's main(): bad input becomes `error: ...` on stderr and exit status 2."""
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import torch
 
-from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, load_config, stage, tracking_uri
+from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, clear_outputs, load_config, stage, tracking_uri
 from src import checkpoint, evaluate, fileio, tracking
 from src.device import configure_process, resolve_device
 from src.vocab import Vocab
@@ -19,6 +19,7 @@ def main() -> None:
     configure_process(0, device)  # torch's default threads: evaluation is not a tuned knob
     model, vocab, payload = checkpoint.load(BEST, device)
     checkpoint.check_vocab(vocab, Vocab.load(VOCAB), BEST)
+    clear_outputs(METRICS / "eval.json")  # persist in dvc.yaml: removed here, once the inputs are checked
     results = {"step": payload["step"]}
     for name in ("val", "test"):
         ids = fileio.read_npy(SPLIT_DIR / f"{name}.npy")

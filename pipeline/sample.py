@@ -3,7 +3,7 @@ as it is drawn."""
 
 import sys
 
-from pipeline.common import BEST, SAMPLES, load_config, stage, tracking_uri
+from pipeline.common import BEST, SAMPLES, clear_outputs, load_config, stage, tracking_uri
 from src import checkpoint, fileio, tracking
 from src.sample import stream
 from src.vocab import PRIME_PARAM
@@ -14,7 +14,9 @@ def main() -> None:
     cfg = load_config()
     s = cfg.sample
     model, vocab, payload = checkpoint.load(BEST, "cpu")
-    vocab.encode_prime(s.prime, PRIME_PARAM)
+    vocab.encode_prime(s.prime, PRIME_PARAM)  # the one sample.* value params.yaml's checks cannot judge
+    path = SAMPLES / "sample.txt"
+    clear_outputs(path)  # persist in dvc.yaml: removed here, once the inputs are checked
     pieces = []
     for (piece,) in stream(model, vocab, s.prime, s.length, top_k=s.top_k, temperature=s.temperature, seed=s.seed):
         pieces.append(piece)
@@ -22,7 +24,6 @@ def main() -> None:
         sys.stdout.flush()
     print()
     text = "".join(pieces)
-    path = SAMPLES / "sample.txt"
     fileio.write_text(path, text + "\n")  # whole, once drawn: never a half-written sample
     # The head of the sample as a tag: a column that `mlflow ui` can show beside the losses.
     tracking.log_to_run(payload.get("run_id"), tracking_uri(), artifacts=[path], tags={"sample": text[:500]})

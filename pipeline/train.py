@@ -12,6 +12,7 @@ from pipeline.common import (
     PLOTS,
     SPLIT_DIR,
     VOCAB,
+    clear_outputs,
     file_md5,
     load_config,
     main_repo_root,
@@ -26,6 +27,9 @@ from src.tracking import DatasetInfo
 from src.train import TrainPaths, train
 from src.train_state import plan_resume
 from src.vocab import PRIME_PARAM, Vocab
+
+# The outputs DVC does not cache: persist in dvc.yaml, so train() clears them before its first step.
+OUTPUTS = (METRICS / "train.json", PLOTS / "train_loss.csv", PLOTS / "val_loss.csv")
 
 
 def write_history(result) -> None:
@@ -73,7 +77,16 @@ def main() -> None:
     with tracking.start_training_run(
         cfg, uri, context, resume_run_id=resume_run_id, run_name=run_name(context), datasets=inputs
     ) as reporter:
-        result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, resume=resume)
+        result = train(
+            cfg,
+            vocab,
+            train_ids,
+            val_ids,
+            paths,
+            reporter=reporter,
+            resume=resume,
+            on_start=lambda: clear_outputs(*OUTPUTS),
+        )
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())
         reporter.finish_training(result, best=BEST, last=LAST, vocab=VOCAB, history=PLOTS, params_file=PARAMS)

@@ -100,7 +100,7 @@ def register(
     """Log `checkpoint` (made at `step`) as the run's MLflow model, register it, decide the champion.
 
     Idempotent: the same run, checkpoint bytes and packaged code make one version, however often
-    the stage runs (a train output restored from DVC's run cache registers nothing new)."""
+    the stage runs (a rerun for an unchanged checkpoint registers nothing new)."""
     if not math.isfinite(score):
         raise KarnnaError(f"the evaluate score is {score}; a diverged model is not registered: retrain")
     client = connect(tracking_uri)

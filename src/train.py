@@ -237,6 +237,7 @@ def train(
     on_eval: Sequence[EvalHook] = (),
     eval_steps: Optional[Collection[int]] = None,
     eval_chars: Optional[int] = None,
+    on_start: Callable[[], None] = lambda: None,
 ) -> TrainResult:
     """Train, from scratch or from a plan_resume() payload; write best and last checkpoints.
 
@@ -244,7 +245,8 @@ def train(
     hook that raises (a tuner's pruning) stops the training there. A tuner's options (the
     pipeline uses neither): `eval_steps` validates at these steps (and the last) instead of every
     train.eval_interval; `eval_chars` scores the validations before the last on the first
-    eval_chars characters of the split (validate())."""
+    eval_chars characters of the split (validate()). `on_start` runs once the inputs are checked,
+    before the first step (the train stage removes its previous metrics and plots there)."""
     t = cfg.train
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.device.configure_process).
@@ -282,6 +284,7 @@ def train(
         eval_steps,
         eval_chars,
     )
+    on_start()
     start = time.perf_counter()
     try:
         chars = run_steps(ctx, state, LossLog(cfg, reporter), bar)
