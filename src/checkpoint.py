@@ -43,7 +43,10 @@ def save(
     }
 
     def write(tmp: Path) -> None:
-        torch.save(payload, tmp)
+        # Through a Python file, a full disk raises OSError(ENOSPC), which fileio reports in one
+        # line; torch's own writer turns it into a RuntimeError that does not say why.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
         if before_publish is not None:
             before_publish()
 
