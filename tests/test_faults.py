@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -214,3 +215,51 @@ def test_a_full_disk_mid_training_is_one_line_and_keeps_the_checkpoints(stage_re
         proc = stage(repo, "train", env)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0 and f"resuming from {last} at step {kept}" in out, out + err
+
+
+DAMAGE = {"empty": b"", "random bytes": random.Random(0).randbytes(10_000)}
+SAYS = {"empty": "empty checkpoint (0 bytes)", "random bytes": "truncated or corrupt checkpoint"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_last_checkpoint_is_set_aside_and_training_starts_fresh(stage_repo, damage):
+    prepare_data(stage_repo)
+    last = stage_repo / "models" / "last.pt"
+    last.parent.mkdir()
+    last.write_bytes(DAMAGE[damage])
+
+    proc = stage(stage_repo, "train")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    (aside,) = list(last.parent.glob("last.pt.corrupt-*"))
+    assert aside.read_bytes() == DAMAGE[damage]  # kept for a look, not deleted
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert (
+        warning.startswith(f"warning: {last}: {SAYS[damage]}")
+        and f"moved it to {aside.name}, starting fresh" in warning
+    )
+    assert json.loads((stage_repo / "metrics" / "train.json").read_text())["resumed_from"] == 0
+    assert checkpoint.load_payload(last)["step"] == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_best_checkpoint_is_one_line_that_says_how_to_recover(stage_repo, damage):
+    best = stage_repo / "models" / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(DAMAGE[damage])
+    prepare_data(stage_repo)  # evaluate reads the split
+    for args in (
+        ["-m", "pipeline.evaluate"],
+        ["-m", "pipeline.sample"],
+        ["-m", "src.sample", "--checkpoint", str(best)],
+    ):
+        proc = popen(stage_repo, *args)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (args, out + err)
+        assert (
+            err == (f"error: {best}: {SAYS[damage]}" + err[len(f"error: {best}: {SAYS[damage]}") :])
+            and err.count("\n") == 1
+        ), (args, err)
+        assert f"`dvc checkout --force {best}`" in err and "untrusted" not in err and "refused" not in err
