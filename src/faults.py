@@ -89,8 +89,9 @@ def run(
     `store` names the tracking store in a full disk's message; `quiet_interrupt` keeps a worker
     process that its caller stops from repeating the caller's line."""
     restore = _handle_signals()
-    quiet = _QuietStoreErrors()
-    logging.getLogger("mlflow.store.db.utils").addFilter(quiet)
+    quiet = _QuietReraised()
+    for logger in QUIETED:
+        logging.getLogger(logger).addFilter(quiet)
     try:
         return main() or 0
     except KarnnaError as exc:
@@ -111,7 +112,8 @@ def run(
         print(f"error: {describe_disk_full(exc, store)}", file=sys.stderr)
         return 2
     finally:
-        logging.getLogger("mlflow.store.db.utils").removeFilter(quiet)
+        for logger in QUIETED:
+            logging.getLogger(logger).removeFilter(quiet)
         restore()
 
 
@@ -138,9 +140,25 @@ def _handle_signals() -> Callable[[], None]:
     return restore
 
 
-class _QuietStoreErrors(logging.Filter):
-    """MLflow's SQL store logs every database error with its traceback before raising it again;
-    the raised error is reported (in one line) or handled, so the log is only noise."""
+class _QuietReraised(logging.Filter):
+    """Drops what libraries log about an error they raise again, which `run` reports in one line
+    (or the caller handles): MLflow's SQL store logs every database error with its traceback, and
+    Optuna a trial interrupted by a signal with the interrupted stack, then its value (None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.followers: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("SQLAlchemy database error")
+        message = record.getMessage()
+        if message.startswith("SQLAlchemy database error"):
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.followers.add(message.split(" failed with parameters")[0] + " failed with value ")
+            return False
+        follower = next((f for f in self.followers if message.startswith(f)), None)
+        self.followers.discard(follower)
+        return follower is None
+
+
+QUIETED = ("mlflow.store.db.utils", "optuna.study._optimize")

@@ -45,12 +45,15 @@ def prepare_data(repo: Path) -> None:
 
 
 def said(stderr: str) -> list[str]:
-    """stderr without the progress bar and MLflow's INFO lines on creating a new store: what the
-    process said about how it ended."""
+    """stderr without the progress bar, MLflow's INFO lines on creating a new store and Optuna's
+    on the study: what the process said about how it ended."""
     return [
         line
         for line in stderr.splitlines()
-        if line.strip() and "step/s" not in line and " INFO mlflow.store.db.utils: " not in line
+        if line.strip()
+        and "step/s" not in line
+        and " INFO mlflow.store.db.utils: " not in line
+        and not line.startswith("[I ")
     ]
 
 
@@ -263,3 +266,73 @@ def test_a_damaged_best_checkpoint_is_one_line_that_says_how_to_recover(stage_re
             and err.count("\n") == 1
         ), (args, err)
         assert f"`dvc checkout --force {best}`" in err and "untrusted" not in err and "refused" not in err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_tuning_and_its_worker_processes_in_one_line(stage_repo, tmp_path):
+    import optuna
+
+    from src import tune
+    from tests.test_tune import _tiny_repo_for_tune
+
+    journal = stage_repo / "tune" / "journal.log"
+    _tiny_repo_for_tune(stage_repo, str(journal), pruner="none", budget_chars=3_000_000)
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    write_params(stage_repo, params)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    caller = popen(
+        stage_repo,
+        "-m",
+        "src.tune",
+        "--n-jobs",
+        "2",
+        "--n-trials",
+        "4",
+        "--no-progress",
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    storage = tune.storage_for(str(journal), stage_repo / "unused.log")
+    deadline, running = time.monotonic() + 120, []
+    while time.monotonic() < deadline and len(running) < 2:
+        assert caller.poll() is None, caller.communicate()
+        time.sleep(0.5)
+        with contextlib.suppress(KeyError, ValueError):
+            running = optuna.load_study(study_name="w", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
+    workers = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running}
+    assert len(workers) == 2, "both processes should be training a trial"
+    time.sleep(1)  # into the training
+
+    caller.send_signal(signal.SIGTERM)
+    out, err = caller.communicate(timeout=120)
+    assert caller.returncode == 143, out + err
+    assert said(err) == ["src.tune: stopped by SIGTERM; what it had written is complete, run it again to go on"], err
+    assert not any(_alive(pid) for pid in workers - {caller.pid})
+    trials = optuna.load_study(study_name="w", storage=storage).trials
+    assert trials and not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    trial_runs = [r for r in runs(uri, params["tracking"]["experiment"]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(trial_runs) == 2 and {r.info.status for r in trial_runs} == {"KILLED"}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_sampling_in_one_line(stage_repo):
+    prepare_data(stage_repo)
+    assert stage(stage_repo, "train").wait(timeout=300) == 0
+    proc = popen(stage_repo, "-m", "src.sample", "--length", "10000000", "--seed", "1")
+    time.sleep(6)  # torch imported, the checkpoint loaded, generating
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and said(err) == [
+        "src.sample: stopped by SIGTERM; what it had written is complete, run it again to go on"
+    ], err
