@@ -220,6 +220,28 @@ def test_a_full_disk_mid_training_is_one_line_and_keeps_the_checkpoints(stage_re
         assert proc.returncode == 0 and f"resuming from {last} at step {kept}" in out, out + err
 
 
+@pytest.mark.slow
+def test_a_tracking_store_on_a_full_disk_is_one_line_naming_the_store(stage_repo, small_disk):
+    if small_disk is None:
+        pytest.skip("needs a filesystem of its own to fill (mount); SQLite writes past Python's open()")
+    from src import mlflow_store
+
+    prepare_data(stage_repo)
+    uri = f"sqlite:///{small_disk / 'mlflow.db'}"
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    mlflow_store.experiment_id(mlflow_store.connect(uri), uri, params["tracking"]["experiment"])  # the store exists
+    fill(small_disk)
+    params["tracking"]["enabled"] = True
+    write_params(stage_repo, params)
+    proc = stage(stage_repo, "train", {"MLFLOW_TRACKING_URI": uri})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out + err
+    assert said(err) == [
+        f"error: the tracking store {uri}: not written, the disk is full (database or disk is full); "
+        "free space on that disk and run it again"
+    ], err
+
+
 DAMAGE = {"empty": b"", "random bytes": random.Random(0).randbytes(10_000)}
 SAYS = {"empty": "empty checkpoint (0 bytes)", "random bytes": "truncated or corrupt checkpoint"}
 
