@@ -1,5 +1,5 @@
-"""What every stage shares: the repo's paths, reading params.yaml, and turning bad input into
-one line on stderr and a non-zero exit."""
+"""What every stage shares: the repo's paths, reading params.yaml, and turning bad input, a full
+disk or a signal into one line on stderr and a non-zero exit (src/faults.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from src import fileio
+from src import faults, fileio
 from src.config import Config, config_from_dict
-from src.errors import KarnnaError
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -48,18 +47,22 @@ def clear_outputs(*paths: Path) -> None:
 
 
 def stage(fn: Callable[[], None]) -> Callable[[], int]:
-    """Wrap a stage's main(): bad input becomes `error: ...` on stderr and exit status 2."""
+    """Wrap a stage's main(): bad input or a full disk becomes `error: ...` on stderr and exit
+    status 2; SIGTERM is handled like Ctrl-C (one line, exit status 143 or 130)."""
 
     @functools.wraps(fn)
     def wrapper() -> int:
-        try:
-            fn()
-        except KarnnaError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return faults.run(fn, _module_name(fn), store=tracking_uri())
 
     return wrapper
+
+
+def _module_name(fn: Callable) -> str:
+    """`pipeline.train` also when it runs as `python -m pipeline.train` (module __main__)."""
+    if fn.__module__ != "__main__":
+        return fn.__module__
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
 
 
 def tracking_uri() -> str:

@@ -43,33 +43,59 @@ def save(
     }
 
     def write(tmp: Path) -> None:
-        torch.save(payload, tmp)
+        # Through a Python file, a full disk raises OSError(ENOSPC), which fileio reports in one
+        # line; torch's own writer turns it into a RuntimeError that does not say why.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
         if before_publish is not None:
             before_publish()
 
     fileio.write_with(path, write)
 
 
+class CorruptCheckpoint(KarnnaError):
+    """An empty, truncated or otherwise unreadable checkpoint file (not a refused one)."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path}: {what}; {recovery(path)}")
+        self.what = what
+
+
+def recovery(path: Path) -> str:
+    return f"restore it (`dvc checkout --force {path}` for a pipeline output) or retrain (`dvc repro train`)"
+
+
 def load_payload(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KarnnaError(f"{path}: checkpoint not found; run `dvc repro train` (or pass an existing --checkpoint)")
+    size = path.stat().st_size
+    if size == 0:
+        raise CorruptCheckpoint(path, "empty checkpoint (0 bytes)")
+    # Checkpoints are zip archives: anything else is damage, never a checkpoint to refuse as untrusted.
+    if not zipfile.is_zipfile(path):
+        raise CorruptCheckpoint(path, f"truncated or corrupt checkpoint ({size:,} bytes, not a whole torch archive)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # the pickle itself is damaged
+            raise CorruptCheckpoint(path, f"corrupt checkpoint ({_first_line(exc)})") from None
         raise KarnnaError(
             f"{path}: refused: the file holds objects other than tensors and plain data "
-            f"({str(exc).splitlines()[0][:160]}); only load checkpoints you trust, and never with weights_only=False"
+            f"({_first_line(exc)}); only load checkpoints you trust, and never with weights_only=False"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise KarnnaError(
-            f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:160]}); retrain or restore it"
-        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CorruptCheckpoint(path, f"truncated or corrupt checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise KarnnaError(f"{path}: not a karnna checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
         raise KarnnaError(f"{path}: checkpoint version {payload.get('version')!r}, this code reads {VERSION}; retrain")
     return payload
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:160] if lines else type(exc).__name__
 
 
 def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab, dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Union
 
 import yaml
 
+from src import faults
 from src.errors import KarnnaError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -22,10 +23,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it."""
+    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
+
+    A full disk (ENOSPC, EDQUOT; also in what the writer raised it from) is one line naming
+    `path`: the previous `path` is untouched and the partial temporary file is gone."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if faults.disk_full(exc):
+            raise faults.disk_full_error(path, exc) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,8 +42,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, KarnnaError) and faults.disk_full(exc):
+            raise faults.disk_full_error(path, exc) from None
         raise
 
 

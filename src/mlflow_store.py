@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 
+from src import faults
 from src.errors import KarnnaError
 
 # A reachable server answers at once; this only bounds a black-holed address.
@@ -127,5 +128,7 @@ def store_call(uri: str, fn: Callable[[], T]) -> T:
 
 
 def store_error(uri: str, exc: MlflowException) -> KarnnaError:
+    if faults.disk_full(exc):  # SQLite's "database or disk is full": not the URI's fault
+        return KarnnaError(faults.describe_disk_full(exc, uri))
     first = str(exc.message).strip().splitlines()[0][:300] if str(exc.message).strip() else exc.error_code
     return KarnnaError(f"tracking store {uri}: {first}; check MLFLOW_TRACKING_URI or set tracking.enabled: false")

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from src import checkpoint
+from src import checkpoint, faults
 from src.config import SEED_EXPECT, SEED_MAX, TEMPERATURE_EXPECT, TEMPERATURES, SampleConfig
 from src.errors import KarnnaError
 from src.model import CharRNN, State, count_params
@@ -267,4 +267,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(faults.run(main, "src.sample"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -61,7 +62,16 @@ def plan_resume(
         if mode == "require":
             raise KarnnaError(f"train.resume is 'require' but {paths.last} does not exist; set train.resume: auto")
         return None
-    payload = checkpoint.load_payload(paths.last)
+    try:
+        payload = checkpoint.load_payload(paths.last)
+    except checkpoint.CorruptCheckpoint as exc:
+        if mode == "require":
+            raise KarnnaError(
+                f"{paths.last}: {exc.what}, nothing to resume; set train.resume: auto (it is then set aside "
+                "and training starts fresh) or restore it"
+            ) from None
+        log(f"warning: {paths.last}: {exc.what}; moved it to {set_aside(paths.last).name}, starting fresh")
+        return None
     state = payload.get("resume")
     if state is None or state["step"] >= state["total_steps"]:
         if mode == "require":
@@ -82,6 +92,13 @@ def plan_resume(
         return None
     log(f"resuming from {paths.last} at step {state['step']} of {state['total_steps']}")
     return payload
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of the way, kept for a look (never deleted); -> its new path."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.replace(aside)
+    return aside
 
 
 @dataclass

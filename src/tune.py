@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from src import fileio, tracking, tune_workers
+from src import faults, fileio, tracking, tune_workers
 from src import space as search
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device, resolve_precision
@@ -392,5 +392,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # a worker process the caller stops leaves the one line to the caller
+    sys.exit(faults.run(main, "src.tune", quiet_interrupt="--worker-index" in sys.argv))
