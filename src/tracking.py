@@ -223,11 +223,12 @@ def start_training_run(
         raise
     finally:
         left = reporter.close()
-        if left:
+        if left and log is None:
+            say(f"tracking: store {uri} is still not answering: {left} records of run {reporter.run_id} are lost")
+        elif left:
             say(
                 f"tracking: store {uri} is still not answering: run {reporter.run_id} is completed from "
-                f"{log.file if log else 'memory (lost)'} by the next stage that reaches it, or by "
-                f"`{tracking_wal.SYNC_COMMAND}` once it is back"
+                f"{log.file} by the next stage that reaches it, or by `{tracking_wal.SYNC_COMMAND}` once it is back"
             )
 
 

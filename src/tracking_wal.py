@@ -161,11 +161,6 @@ class Outbox:
         self._error: Optional[BaseException] = None
         self._closing = False
         self._cond = threading.Condition()
-        earlier = log.read() if log is not None else []
-        if earlier:
-            say(f"tracking: sending {len(earlier)} records kept in {log.folder} while the store was away")
-            self._queue.extend(earlier)
-            self._saved = len(earlier)
         self._thread = threading.Thread(target=self._run, name="mlflow-send", daemon=True)
         self._thread.start()
 
@@ -265,13 +260,16 @@ def replay(folder: Path, say: Callable[[str], None], uri: Optional[str] = None) 
     clients: dict[str, MlflowClient] = {}
     for record in records:
         target = uri or record["uri"]
-        if target not in clients:
-            clients[target] = connect(target)
         try:
+            if target not in clients:
+                clients[target] = connect(target)
             send(clients[target], record)
         except Exception as exc:
             if is_outage(exc):
-                raise StoreUnreachable(f"tracking store {target} is not answering ({reason(exc)})") from None
+                raise StoreUnreachable(
+                    f"tracking store {target} is not answering ({reason(exc)}); {log.file} keeps {len(records)} "
+                    f"records for it: start it and run `{SYNC_COMMAND}`, or delete {folder} to drop them"
+                ) from None
             if isinstance(exc, MlflowException):
                 raise KarnnaError(
                     f"{log.file}: tracking store {target} refused a record for run {record['run']} "

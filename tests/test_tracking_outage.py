@@ -160,6 +160,12 @@ def test_a_server_gone_for_good_costs_no_training_and_sync_completes_the_run(ser
     assert evaluated.returncode == 0 and AWAY in evaluated.stderr, evaluated.stderr[-3000:]
     assert any("eval_val_loss" in line for line in pending.read_text().splitlines())
 
+    # register needs the store: one line, and the file stays for later.
+    refused = sh(stage_repo, sys.executable, "-m", "pipeline.register", check=False)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: tracking store"), refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and tracking_wal.SYNC_COMMAND in refused.stderr
+    kept = pending.read_bytes()
+
     server.start()
     synced = sh(stage_repo, sys.executable, "-m", "src.tracking_sync")
     assert "sent" in synced.stdout
@@ -167,9 +173,15 @@ def test_a_server_gone_for_good_costs_no_training_and_sync_completes_the_run(ser
     client = client_for(server.uri)
     (run,) = client.search_runs([client.get_experiment_by_name(params["tracking"]["experiment"]).experiment_id])
     assert_logged_once(server.uri, run.info.run_id, 30)
-    assert "eval_val_loss" in run.data.metrics
+    assert "eval_val_loss" in client.get_run(run.info.run_id).data.metrics
     assert "eval.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "nothing to send" in sh(stage_repo, sys.executable, "-m", "src.tracking_sync").stdout
+    # The register stage sends a kept file too; all of it again here, and nothing doubles.
+    pending.parent.mkdir()
+    pending.write_bytes(kept)
+    registered = sh(stage_repo, sys.executable, "-m", "pipeline.register")
+    assert "sent" in registered.stdout and not pending.exists()
+    assert_logged_once(server.uri, run.info.run_id, 30)
 
 
 # A training that loses the server at step 10 and is killed (SIGKILL) at step 30's evaluation,
