@@ -228,7 +228,8 @@ def start_training_run(
         elif left:
             say(
                 f"tracking: store {uri} is still not answering: run {reporter.run_id} is completed from "
-                f"{log.file} by the next stage that reaches it, or by `{tracking_wal.SYNC_COMMAND}` once it is back"
+                f"{tracking_wal.shown(log.file)} by the next stage that reaches it, or by `{tracking_wal.SYNC_COMMAND}` "
+                "once it is back"
             )
 
 
@@ -300,7 +301,8 @@ def log_to_run(
         log.append(records)
         say(
             f"tracking: store {uri} is not answering ({tracking_wal.reason(exc)}); these results wait in "
-            f"{log.file} for the next stage that reaches it, or `{tracking_wal.SYNC_COMMAND}` once it is back"
+            f"{tracking_wal.shown(log.file)} for the next stage that reaches it, or `{tracking_wal.SYNC_COMMAND}` "
+            "once it is back"
         )
 
 

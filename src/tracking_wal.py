@@ -67,9 +67,19 @@ def is_outage(exc: BaseException) -> bool:
 def reason(exc: BaseException) -> str:
     """The gist of a failed store call: the socket error where there is one (MLflow wraps it in
     a paragraph about retries), else the first line."""
+    if getattr(exc, "gist", None):
+        return exc.gist
     found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
     text = found.group(1) if found else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text.strip()[:160]
+
+
+def shown(path: Path) -> Path:
+    """`path` as the user would type it: relative to the working directory when inside it."""
+    try:
+        return Path(path).relative_to(Path.cwd())
+    except ValueError:
+        return Path(path)
 
 
 class WriteAheadLog:
@@ -227,7 +237,7 @@ class Outbox:
             self._attempts += 1
             if self._away is None:
                 self._away = reason(exc)
-                where = f"; what it would log goes to {self.log.file}" if self.log is not None else ""
+                where = f"; what it would log goes to {shown(self.log.file)}" if self.log is not None else ""
                 self.say(f"tracking: store {self.uri} is not answering ({self._away}); training goes on{where}")
             self._cond.notify_all()
             if self._closing:
@@ -266,18 +276,21 @@ def replay(folder: Path, say: Callable[[str], None], uri: Optional[str] = None) 
             send(clients[target], record)
         except Exception as exc:
             if is_outage(exc):
-                raise StoreUnreachable(
-                    f"tracking store {target} is not answering ({reason(exc)}); {log.file} keeps {len(records)} "
-                    f"records for it: start it and run `{SYNC_COMMAND}`, or delete {folder} to drop them"
-                ) from None
+                away = StoreUnreachable(
+                    f"tracking store {target} is not answering ({reason(exc)}); {shown(log.file)} keeps "
+                    f"{len(records)} records for it: start it and run `{SYNC_COMMAND}`, or delete "
+                    f"{shown(folder)} to drop them"
+                )
+                away.gist = reason(exc)
+                raise away from None
             if isinstance(exc, MlflowException):
                 raise KarnnaError(
-                    f"{log.file}: tracking store {target} refused a record for run {record['run']} "
-                    f"({reason(exc)}); fix the store, or delete {folder} to drop what it keeps"
+                    f"{shown(log.file)}: tracking store {target} refused a record for run {record['run']} "
+                    f"({reason(exc)}); fix the store, or delete {shown(folder)} to drop what it keeps"
                 ) from None
             raise
     log.clear()
     log.tidy()
     if records:
-        say(f"tracking: sent {len(records)} records kept in {folder} to the store")
+        say(f"tracking: sent {len(records)} records kept in {shown(folder)} to the store")
     return len(records)

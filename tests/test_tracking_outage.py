@@ -227,3 +227,31 @@ def test_a_training_killed_during_an_outage_resumes_into_the_same_run(server, co
     assert run_id == kept[0]["run"]
     assert_logged_once(server.uri, run_id, 30)
     assert not (folder / tracking_wal.FOLDER).exists()
+
+
+def test_a_call_to_a_dead_server_fails_in_seconds_and_counts_as_an_outage(monkeypatch):
+    """MLflow's own retries (7, backoff factor 2) take minutes; the stages' bounds, seconds."""
+    for name, value in tracking_wal.CLIENT_LIMITS.items():
+        monkeypatch.setenv(name, value)
+    client = client_for(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(Exception) as failed:
+        tracking_wal.send(client, {"run": "0" * 32, "tags": {"a": "b"}})
+    assert time.monotonic() - started < 15
+    assert tracking_wal.is_outage(failed.value) and tracking_wal.reason(failed.value) == "Connection refused"
+
+
+def test_a_line_torn_by_a_crash_loses_no_later_record(tmp_path):
+    log = tracking_wal.WriteAheadLog(tmp_path / tracking_wal.FOLDER)
+    log.append([{"run": "r", "tags": {"a": "1"}}])
+    with open(log.file, "ab") as f:  # killed in the middle of an append: never fsynced, never relied on
+        f.write(b'{"run": "r", "metr')
+    log.append([{"run": "r", "tags": {"b": "2"}}, {"run": "r", "end": "FINISHED"}])
+    assert log.read() == [
+        {"run": "r", "tags": {"a": "1"}},
+        {"run": "r", "tags": {"b": "2"}},
+        {"run": "r", "end": "FINISHED"},
+    ]
+    log.clear()
+    log.tidy()
+    assert not log.folder.exists()
