@@ -161,7 +161,7 @@ class Outbox:
     when it answers again; a refused record is raised on the caller's thread at check()."""
 
     def __init__(self, client: MlflowClient, uri: str, log: Optional[WriteAheadLog], say: Callable[[str], None]):
-        self.uri, self.log, self.say = uri, log, say
+        self.uri, self.log, self.say, self.client = uri, log, say, client
         self._clients = {uri: client}
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
         self._head = 0  # the number of records confirmed (or refused)
