@@ -198,7 +198,9 @@ class Outbox:
         with self._cond:
             self._closing, failed = True, self._attempts
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._queue or self._attempts > failed)
+            while not self._cond.wait_for(lambda: not self._queue or self._attempts > failed, timeout=1.0):
+                if not self._thread.is_alive():
+                    break  # it died of an error: what it had not sent is kept below
             self._persist()
             left = len(self._queue)
         self._thread.join()
