@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
+from mlflow.entities import Metric
 
 from benchmarks.common import machine
 from src import tracking
@@ -68,16 +69,23 @@ class TimedReporter(Reporter):
 
 class MlflowAsyncReporter(tracking.MlflowReporter):
     """src.tracking's reporter with MLflow's own asynchronous logging
-    (`MlflowClient.log_batch(..., synchronous=False)`) in place of its sender thread."""
+    (`MlflowClient.log_batch(..., synchronous=False)`) in place of its sender thread for metrics."""
 
-    def _send(self, **batch) -> None:
-        self._sent.append(self.client.log_batch(self.run_id, synchronous=False, **batch))
+    _sent: list = []
+
+    def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            metrics = [Metric(k, v, t, s) for k, v, t, s in batch]
+            operation = self.outbox.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+            self._sent = [*self._sent, operation]
 
     def wait(self) -> None:
         self.flush()
         sent, self._sent = self._sent, []
         for operation in sent:
             operation.wait()
+        super().wait()  # params and artifacts still go through the sender thread
 
 
 # mode -> the reporter class start_training_run builds (None: tracking off)
@@ -112,6 +120,8 @@ def _one_run(cfg, uri, vocab, train_ids, val_ids, paths, start) -> dict:
         sender_cpu = max(0.0, cpu - (time.thread_time() - main_start))
         loop_end = time.perf_counter()
         reporter.finish_training(result, best=paths.best, last=paths.last, vocab=work / "vocab.json")
+        if cfg.tracking.enabled:
+            reporter.wait()  # the sender thread uploads the artifacts
         finish = time.perf_counter() - loop_end
     return {
         "loop": result.seconds,

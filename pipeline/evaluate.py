@@ -1,13 +1,14 @@
 """Stage evaluate: models/best.pt on the whole validation split (and the test split when set),
 in fp32 with the fixed evaluate.* layout -> metrics/eval.json (nats, bits per char, perplexity)."""
 
+import os
 import sys
 
 import numpy as np
 import torch
 
 from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, clear_outputs, load_config, stage, tracking_uri
-from src import checkpoint, evaluate, fileio, tracking
+from src import checkpoint, evaluate, fileio, tracking, tracking_wal
 from src.device import configure_process, resolve_device
 from src.vocab import Vocab
 
@@ -15,6 +16,7 @@ from src.vocab import Vocab
 @stage
 def main() -> None:
     cfg = load_config()
+    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     device = resolve_device(cfg.train.device)
     configure_process(0, device)  # torch's default threads: evaluation is not a tuned knob
     model, vocab, payload = checkpoint.load(BEST, device)
@@ -40,7 +42,12 @@ def main() -> None:
         if k != "chars"
     }
     tracking.log_to_run(
-        payload.get("run_id"), tracking_uri(), metrics=flat, artifacts=[METRICS / "eval.json"], step=payload["step"]
+        payload.get("run_id"),
+        tracking_uri(),
+        metrics=flat,
+        artifacts=[METRICS / "eval.json"],
+        step=payload["step"],
+        pending=BEST.parent / tracking_wal.FOLDER,
     )
 
 

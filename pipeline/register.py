@@ -3,10 +3,11 @@ when its fp32 score beats the champion's on the same data (src.registry). Writes
 models/registration.json, what it decided."""
 
 import json
+import os
 import sys
 
 from pipeline.common import BEST, CORPUS, METRICS, MODELS, load_config, stage, tracking_uri
-from src import checkpoint, corpus, fileio, registry
+from src import checkpoint, corpus, fileio, registry, tracking_wal
 from src.config import SampleConfig
 from src.errors import KarnnaError
 from src.vocab import Vocab
@@ -24,6 +25,10 @@ def main() -> None:
     payload = checkpoint.load_payload(BEST)
     if payload.get("run_id") is None:
         raise KarnnaError(f"{BEST} was trained with tracking off, so it has no MLflow run; rerun `dvc repro train`")
+    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
+    # What the earlier stages kept while the store was away completes the run before it is
+    # registered; without the store this stops here, in one line, and the file stays.
+    tracking_wal.replay(MODELS / tracking_wal.FOLDER, print)
     scores = json.loads((METRICS / "eval.json").read_text())
     if scores.get("step") != payload["step"]:
         raise KarnnaError(

@@ -1,10 +1,11 @@
 """Stage sample: text from models/best.pt primed with sample.prime -> samples/sample.txt, printed
 as it is drawn."""
 
+import os
 import sys
 
 from pipeline.common import BEST, SAMPLES, clear_outputs, load_config, stage, tracking_uri
-from src import checkpoint, fileio, tracking
+from src import checkpoint, fileio, tracking, tracking_wal
 from src.sample import stream
 from src.vocab import PRIME_PARAM
 
@@ -12,6 +13,7 @@ from src.vocab import PRIME_PARAM
 @stage
 def main() -> None:
     cfg = load_config()
+    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     s = cfg.sample
     model, vocab, payload = checkpoint.load(BEST, "cpu")
     vocab.encode_prime(s.prime, PRIME_PARAM)  # the one sample.* value params.yaml's checks cannot judge
@@ -26,7 +28,13 @@ def main() -> None:
     text = "".join(pieces)
     fileio.write_text(path, text + "\n")  # whole, once drawn: never a half-written sample
     # The head of the sample as a tag: a column that `mlflow ui` can show beside the losses.
-    tracking.log_to_run(payload.get("run_id"), tracking_uri(), artifacts=[path], tags={"sample": text[:500]})
+    tracking.log_to_run(
+        payload.get("run_id"),
+        tracking_uri(),
+        artifacts=[path],
+        tags={"sample": text[:500]},
+        pending=BEST.parent / tracking_wal.FOLDER,
+    )
 
 
 if __name__ == "__main__":

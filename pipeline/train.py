@@ -1,6 +1,7 @@
 """Stage train: the split -> models/best.pt (lowest validation loss) and models/last.pt,
 metrics/train.json for `dvc metrics show`, plots/*.csv for `dvc plots show`."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from pipeline.common import (
     BEST,
     LAST,
     METRICS,
+    MODELS,
     PARAMS,
     PLOTS,
     SPLIT_DIR,
@@ -21,7 +23,7 @@ from pipeline.common import (
     stage,
     tracking_uri,
 )
-from src import corpus, fileio, tracking
+from src import corpus, fileio, tracking, tracking_wal
 from src.device import configure_process, resolve_device, resolve_precision
 from src.tracking import DatasetInfo
 from src.train import TrainPaths, train
@@ -57,6 +59,7 @@ def datasets(cfg, train_ids, val_ids) -> list[DatasetInfo]:
 @stage
 def main() -> None:
     cfg = load_config()
+    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     device = resolve_device(cfg.train.device)
     configure_process(cfg.train.num_threads, device)
     resolve_precision(cfg.train.precision, device, cfg.model.cell)  # a bf16 torch cannot run: before the run
@@ -75,7 +78,13 @@ def main() -> None:
     resume_run_id = resume.get("run_id") if resume else None
     inputs = datasets(cfg, train_ids, val_ids)
     with tracking.start_training_run(
-        cfg, uri, context, resume_run_id=resume_run_id, run_name=run_name(context), datasets=inputs
+        cfg,
+        uri,
+        context,
+        resume_run_id=resume_run_id,
+        run_name=run_name(context),
+        datasets=inputs,
+        pending=MODELS / tracking_wal.FOLDER,
     ) as reporter:
         result = train(
             cfg,

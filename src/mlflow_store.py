@@ -29,6 +29,10 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 T = TypeVar("T")
 
 
+class StoreUnreachable(KarnnaError):
+    """The store did not answer (as opposed to refusing a request): worth trying again later."""
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, after checking that an HTTP server answers at all.
 
@@ -42,7 +46,7 @@ def connect(uri: str) -> MlflowClient:
             pass  # it answered: whatever it said, MLflow's own calls report it precisely
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise KarnnaError(
+            raise StoreUnreachable(
                 f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
                 "or set tracking.enabled: false in params.yaml"
             ) from None

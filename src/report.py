@@ -36,8 +36,8 @@ class Reporter:
         send in the background, so the loop does not wait for the store."""
 
     def wait(self) -> None:
-        """Flush, and return once the backend holds everything logged so far (called before each
-        resumable checkpoint)."""
+        """Flush, and return once the backend holds everything logged so far, or has it kept on
+        disk where its store does not answer (called before each resumable checkpoint)."""
 
     def finish_training(
         self,

@@ -13,24 +13,36 @@ import contextlib
 import json
 import math
 import platform
+import sys
 import tempfile
 import time
 import urllib.parse
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import mlflow
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
 
+from src import tracking_wal
 from src.config import Config
 from src.figures import save_loss_figure
 from src.mlflow_store import checkpoint_run, connect, experiment_id, is_missing, store_call
 from src.report import Reporter
+from src.tracking_wal import Outbox
+
+# How long a checkpoint waits for a store that answers slowly before the write-ahead file takes
+# what it has not confirmed (a store that does not answer at all is not waited for).
+WAIT_S = 30.0
+
+
+def _say(line: str) -> None:
+    """A line for the user, above any progress bar (from the sender thread too)."""
+    tqdm.write(line, file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -57,43 +69,42 @@ class DatasetInfo:
 
 
 class MlflowReporter(Reporter):
-    """Sends to one MLflow run. Metrics wait in memory until flush(), which hands them as one
-    log_batch to a sender thread: the loop neither makes a store round trip per value nor waits
-    for the one per evaluation (a SQLite commit per call would cost more than a small model's step:
-    docs/BENCHMARKS.md, "MLflow logging overhead"). A failed send is raised at the
-    next flush() or wait()."""
+    """Sends to one MLflow run through a src.tracking_wal.Outbox. Metrics wait in memory until
+    flush(), which hands them as one batch to the outbox's sender thread: the loop neither makes a
+    store round trip per value nor waits for the one per evaluation (a SQLite commit per call would
+    cost more than a small model's step: docs/BENCHMARKS.md, "MLflow logging overhead"). wait()
+    returns once the store holds everything, or, while it does not answer, the write-ahead file.
+    A request the store refused is raised at the next flush() or wait()."""
 
     def __init__(
         self,
-        client: MlflowClient,
         run_id: str,
         experiment_id: str,
         cfg: Config,
+        outbox: Outbox,
         logged_params: Optional[Mapping[str, str]] = None,
     ):
-        self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.cfg = cfg
+        self.outbox = outbox
         # MLflow refuses to change a param; a resumed run keeps the values it started with.
         self._logged_params = set(logged_params or ())
-        self._pending: list[Metric] = []
-        # One worker: batches reach the store in the order they were logged.
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-send")
-        self._sent: list[Future] = []
+        self._pending: list[list] = []
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        new = [Param(k, _param_value(v)) for k, v in params.items() if k not in self._logged_params]
-        self._logged_params.update(p.key for p in new)
+        new = {k: _param_value(v) for k, v in params.items() if k not in self._logged_params}
+        self._logged_params.update(new)
         if new:
-            self._send(params=new)
+            self.outbox.put({"run": self.run_id, "params": new})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        self._pending.extend([k, float(v), now, int(step)] for k, v in metrics.items())
 
-    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None, kept: bool = False) -> None:
+        record = {"run": self.run_id, "artifact": str(Path(path).resolve()), "dir": artifact_path}
+        self.outbox.put({**record, "kept": True} if kept else record)
 
     def on_eval(self, step: int, val_loss: float) -> None:
         self.log_metrics({"val_loss": val_loss, "val_bpc": val_loss / math.log(2.0)}, step)
@@ -102,43 +113,43 @@ class MlflowReporter(Reporter):
     def flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, []
-            self._send(metrics=batch)
+            self.outbox.put({"run": self.run_id, "metrics": batch})
+        self.outbox.check()
 
     def wait(self) -> None:
-        """Flush, then block until the store holds everything logged so far."""
+        """Flush, then block until the store holds everything logged so far, or the write-ahead
+        file does (the store away, or slower than WAIT_S)."""
         self.flush()
-        sent, self._sent = self._sent, []
-        for future in sent:
-            future.result()
+        self.outbox.save(WAIT_S)
 
-    def close(self) -> None:
-        self._sender.shutdown(wait=True)
+    def end(self, status: RunStatus, tags: Optional[Mapping[str, str]] = None) -> None:
+        if tags:
+            self.outbox.put({"run": self.run_id, "tags": dict(tags)})
+        self.outbox.put({"run": self.run_id, "end": RunStatus.to_string(status)})
 
-    def _send(self, **batch) -> None:
-        for future in [f for f in self._sent if f.done()]:
-            self._sent.remove(future)
-            future.result()
-        self._sent.append(self._sender.submit(self.client.log_batch, self.run_id, **batch))
+    def close(self) -> int:
+        """Stop the sender; -> the records the store has not confirmed (kept in the file)."""
+        return self.outbox.close()
 
     def finish_training(self, result, best, last, vocab, history=None, params_file=None) -> None:
         """Final metrics and the files of the run. The MLflow model and its registration are the
         register stage's (src.registry), after evaluate."""
         final = {_FINAL_RENAMES.get(k, k): v for k, v in result.metrics().items() if isinstance(v, (int, float))}
         self.log_metrics(final, result.steps)
-        self.wait()
+        self.flush()
         self.log_artifact(best, "checkpoints")
         self.log_artifact(last, "checkpoints")
         self.log_artifact(vocab)
         if params_file is not None:
             self.log_artifact(params_file)
-        if history is not None and Path(history).is_dir():
-            self.client.log_artifacts(self.run_id, str(history), "history")
-        elif history is not None:
+        if history is not None:
             self.log_artifact(history, "history")
-        with tempfile.TemporaryDirectory(prefix="karnna-") as tmp:
-            figure = Path(tmp) / "loss_curve.png"
-            save_loss_figure(result.train_history, result.val_history, figure)
-            self.log_artifact(figure)
+        # Kept until sent: beside the write-ahead file, or in a folder of its own.
+        log = self.outbox.log
+        name = "loss_curve.png"
+        figure = log.keep(f"{self.run_id}/{name}") if log is not None else Path(tempfile.mkdtemp()) / name
+        save_loss_figure(result.train_history, result.val_history, figure)
+        self.log_artifact(figure, kept=True)
 
 
 # The final summary's chars_per_sec is the run's mean; the series of that name is per window.
@@ -155,6 +166,8 @@ def start_training_run(
     run_name: Optional[str] = None,
     stops: tuple[type[BaseException], ...] = (),
     datasets: Sequence[DatasetInfo] = (),
+    pending: Optional[Path] = None,
+    say: Callable[[str], None] = _say,
 ) -> Iterator[Reporter]:
     """One MLflow run around a training; yields the reporter to hand to src.train.train.
 
@@ -172,6 +185,10 @@ def start_training_run(
     `parent_run_id` makes the run a child (a tuning trial under its study's run), passed
     explicitly because MLflow's active run is per thread and trials may run in threads.
     `datasets` become the new run's dataset inputs.
+
+    `pending` (a folder beside the checkpoints) keeps what the store has not confirmed while it
+    does not answer: training goes on, `say` tells the user in one line when the store goes and
+    when it comes back, and what is kept there from an earlier stage is sent first (tracking_wal).
     """
     if not cfg.tracking.enabled:
         yield Reporter()
@@ -180,6 +197,8 @@ def start_training_run(
     client = connect(uri)
     context = {k: v for k, v in (context or {}).items() if v is not None}
     exp_id = experiment_id(client, uri, cfg.tracking.experiment)
+    if pending is not None:
+        store_call(uri, lambda: tracking_wal.replay(pending, say))
     run = store_call(uri, lambda: _reopen(client, resume_run_id, exp_id)) if resume_run_id else None
     if run is None:
         tags = {"mlflow.source.name": "src.tune" if parent_run_id else "pipeline.train", "mlflow.source.type": "LOCAL"}
@@ -191,17 +210,27 @@ def start_training_run(
         run = store_call(uri, lambda: client.create_run(exp_id, tags=tags, run_name=name))
         if datasets:
             store_call(uri, lambda: client.log_inputs(run.info.run_id, [d.as_input() for d in datasets]))
-    reporter = MlflowReporter(client, run.info.run_id, exp_id, cfg, logged_params=run.data.params)
+    log = tracking_wal.WriteAheadLog(pending) if pending is not None else None
+    outbox = tracking_wal.Outbox(client, uri, log, say)
+    reporter = MlflowReporter(run.info.run_id, exp_id, cfg, outbox, logged_params=run.data.params)
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
         yield reporter
         reporter.wait()
+        reporter.end(RunStatus.FINISHED)
     except BaseException as exc:
         _end_failed(reporter, exc, stopped=isinstance(exc, stops))
         raise
     finally:
-        reporter.close()
-    client.set_terminated(reporter.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        left = reporter.close()
+        if left and log is None:
+            say(f"tracking: store {uri} is still not answering: {left} records of run {reporter.run_id} are lost")
+        elif left:
+            say(
+                f"tracking: store {uri} is still not answering: run {reporter.run_id} is completed from "
+                f"{tracking_wal.shown(log.file)} by the next stage that reaches it, or by `{tracking_wal.SYNC_COMMAND}` "
+                "once it is back"
+            )
 
 
 def _reopen(client: MlflowClient, run_id: str, experiment_id: str):
@@ -222,20 +251,15 @@ def _reopen(client: MlflowClient, run_id: str, experiment_id: str):
 
 
 def _end_failed(reporter: MlflowReporter, exc: BaseException, stopped: bool = False) -> None:
-    """Keep what was logged before the failure, and say why the run ended.
-
-    Best effort: when the store itself is what failed, the original exception is what matters."""
+    """Keep what was logged before the failure, and say why the run ended (sent by the sender
+    thread, or kept with the rest while the store is away)."""
     status = RunStatus.KILLED if stopped or isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
     reason = f"{type(exc).__name__}: {exc}"[:5000]
-    for action in (
-        reporter.wait,
-        lambda: reporter.client.set_tag(reporter.run_id, "stop_reason" if stopped else "failure_reason", reason),
-        lambda: reporter.client.set_terminated(reporter.run_id, RunStatus.to_string(status)),
-    ):
-        try:
-            action()
-        except Exception:
-            pass
+    try:
+        reporter.flush()
+    except Exception:
+        pass  # the store refused a batch: the original exception is what matters
+    reporter.end(status, {"stop_reason" if stopped else "failure_reason": reason})
 
 
 def log_to_run(
@@ -245,23 +269,41 @@ def log_to_run(
     artifacts: Optional[list[Path]] = None,
     tags: Optional[Mapping[str, str]] = None,
     step: int = 0,
+    pending: Optional[Path] = None,
+    say: Callable[[str], None] = _say,
 ) -> None:
     """Add the evaluate / sample stage's results to the training run that made the checkpoint.
 
-    run_id None (trained with tracking off) does nothing."""
+    With `pending` (the training's write-ahead folder), what the training kept there is sent
+    first, and a store that does not answer gets these results appended there too, with a line
+    that says so, instead of an error. run_id None (trained with tracking off) does nothing."""
     if run_id is None:
         return
     uri = tracking_uri or mlflow.get_tracking_uri()
-    client = connect(uri)
-    checkpoint_run(client, uri, run_id)
     now = int(time.time() * 1000)
-    client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, int(step)) for k, v in (metrics or {}).items()],
-        tags=[RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()],
-    )
-    for path in artifacts or []:
-        client.log_artifact(run_id, str(path))
+    records = [
+        {"uri": uri, "run": run_id, "metrics": [[k, float(v), now, int(step)] for k, v in (metrics or {}).items()]},
+        {"uri": uri, "run": run_id, "tags": {k: str(v)[:8000] for k, v in (tags or {}).items()}},
+        *({"uri": uri, "run": run_id, "artifact": str(Path(p).resolve()), "dir": None} for p in artifacts or []),
+    ]
+    records = [r for r in records if r.get("metrics", r.get("tags", True))]
+    try:
+        if pending is not None:
+            tracking_wal.replay(pending, say)
+        client = connect(uri)
+        checkpoint_run(client, uri, run_id)
+        for record in records:
+            tracking_wal.send(client, record)
+    except Exception as exc:
+        if pending is None or not tracking_wal.is_outage(exc):
+            raise
+        log = tracking_wal.WriteAheadLog(pending)
+        log.append(records)
+        say(
+            f"tracking: store {uri} is not answering ({tracking_wal.reason(exc)}); these results wait in "
+            f"{tracking_wal.shown(log.file)} for the next stage that reaches it, or `{tracking_wal.SYNC_COMMAND}` "
+            "once it is back"
+        )
 
 
 STUDY_RUN_ATTR = "mlflow_parent_run_id"

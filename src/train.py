@@ -210,8 +210,9 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
 
 
 def save_last(ctx: TrainContext, state: TrainState) -> None:
-    # What was logged up to this step reaches the store before the checkpoint says the run got
-    # here: a run resumed from it logs only the steps after it again, so nothing may be in flight.
+    # What was logged up to this step reaches the store (or, while it is away, the reporter's
+    # write-ahead file) before the checkpoint says the run got here: a run resumed from it logs
+    # only the steps after it again, so nothing may be in flight.
     # Sent first and waited for just before the rename, the store's commit overlaps the writing.
     ctx.reporter.flush()
     checkpoint.save(
