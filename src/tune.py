@@ -37,6 +37,7 @@ from src.device import configure_process, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.figures import study_figures
 from src.model import count_params
+from src.study_sampler import TrialSeededSampler
 from src.study_storage import lost_trial_callback, storage_for
 from src.train import TrainPaths, build_model, train
 from src.tune_results import best_trials_table, write_best
@@ -192,21 +193,20 @@ def run_study(
     tracking_uri: Optional[str] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    worker_index: int = 0,
     on_ready: Optional[Callable[[], None]] = None,
 ) -> optuna.Study:
     """Create or resume the study and run n_trials more trials (or until timeout).
 
-    worker_index: this process's place among the workers of `--n-jobs` (its sampler's seed is
-    tune.seed + worker_index); on_ready: called once the study, its enqueued trials and its
-    parent run exist, before the first trial (where `--n-jobs` starts the other workers).
+    The sampler is seeded per trial from tune.seed (src/study_sampler.py): every process of a
+    study draws its own suggestions. on_ready: called once the study, its enqueued trials and
+    its parent run exist, before the first trial (where `--n-jobs` starts the other workers).
     """
     budget = check_study(base, space, study_data)
     study = optuna.create_study(
         study_name=space.study_name,
         storage=storage,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=space.seed + worker_index),
+        sampler=TrialSeededSampler(space.seed),
         pruner=search.make_pruner(space.pruner, space),
         load_if_exists=True,
     )
@@ -296,7 +296,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Set by --n-jobs for the worker processes it starts (src/tune_workers.py), not by hand.
     p.add_argument("--join", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument(
         "--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)"
     )
@@ -366,7 +365,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 n_jobs=threads,
                 tracking_uri=uri,
                 progress=not args.no_progress,
-                worker_index=args.worker_index,
                 on_ready=lambda: joined.extend(tune_workers.start(raw_argv, shares)),
             )
             failed = [code for code in tune_workers.finish(joined) if code != 0]
