@@ -60,3 +60,18 @@ def test_a_single_process_study_is_reproducible_from_its_seed(tmp_path, study_da
     first = params("a", 7)
     assert params("b", 7) == first and params("c", 8) != first
     assert len({tuple(sorted(p.items())) for p in first}) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_create_the_mlflow_store_once(stage_repo):
+    """Both start before mlflow.db exists; both create MLflow's tables unless one waits for the
+    other (alembic then fails one with "Online migration expected to match one row")."""
+    import yaml
+
+    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), pruner="none")
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert not (stage_repo / "mlflow.db").exists()
+    _finish([_tune(stage_repo), _tune(stage_repo)])
+    assert len(_drawn(stage_repo)) == 4
