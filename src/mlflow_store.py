@@ -7,11 +7,13 @@ experiment reads the same wherever it is met. See docs/TRACKING.md, "Where runs 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -56,7 +58,23 @@ def connect(uri: str) -> MlflowClient:
             raise KarnnaError(
                 f"tracking store {uri}: folder {db.parent} does not exist; create it or fix MLFLOW_TRACKING_URI"
             )
+        if db is not None:
+            # The first client of a new SQLite store creates its tables, and MLflow takes no lock:
+            # two processes starting at once both ran the migrations and alembic failed one.
+            with _exclusive(db.with_name(db.name + ".lock")):
+                return MlflowClient(tracking_uri=uri, registry_uri=uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`, held by one process (or thread) of this machine at a time."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_store(uri: str) -> None:

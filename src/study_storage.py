@@ -1,18 +1,21 @@
 """Where a study lives: an Optuna journal file on one machine, a database shared by workers on
-several; in a database, heartbeats mark a lost worker's trial failed and end its MLflow run."""
+several; in a database, heartbeats mark a lost worker's trial failed and end its MLflow run, and
+a database that is briefly away is waited for (src/study_retry.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import optuna
 
 from src import tracking
 from src.errors import KarnnaError
 from src.errors import redact_url as _redact
+from src.study_retry import PatientRDBStorage, StorageLost
 
 
 def storage_for(
@@ -20,6 +23,7 @@ def storage_for(
     default_journal: Path,
     heartbeat: int = 60,
     on_lost: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
+    retry_s: float = 30.0,
 ) -> optuna.storages.BaseStorage | str:
     """An Optuna storage: a URL as given (e.g. postgresql://...), or the journal file.
 
@@ -27,14 +31,18 @@ def storage_for(
     writer processes, while the journal appends with a file lock. In a database, each running
     trial beats every `heartbeat` seconds; a trial silent for three beats (its worker was killed
     or its machine lost) is marked FAIL by the next worker that starts a trial, which calls
-    `on_lost` for it."""
+    `on_lost` for it. A database unreachable for up to `retry_s` seconds is waited for; longer,
+    and the call raises StorageLost."""
+    if retry_s < 0:
+        raise KarnnaError(f"--db-retry is {retry_s:g}; use 0 seconds or more")
     if url:
         if url.startswith(("postgresql", "mysql", "sqlite")):
             try:
                 with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(
+                    return PatientRDBStorage(
                         url,
+                        retry_s,
                         heartbeat_interval=heartbeat,
                         grace_period=3 * heartbeat,
                         heartbeat_stale_trial_callback=on_lost,
@@ -74,3 +82,15 @@ def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, 
         print(f"trial {trial.number}: marked failed, no heartbeat from {worker}", file=sys.stderr)
 
     return on_lost
+
+
+@contextlib.contextmanager
+def run_failed_on_loss(tracking_uri: Optional[str], run_id: Optional[str]) -> Iterator[None]:
+    """The study's MLflow run ends FAILED, with the reason, when this worker loses the database
+    (a rerun reopens it); its trial's own run ends FAILED on the way out of the trial."""
+    try:
+        yield
+    except StorageLost as exc:
+        with contextlib.suppress(Exception):  # the tracking store may be on the same server
+            tracking.end_failed_run(tracking_uri, run_id, str(exc))
+        raise

@@ -37,7 +37,8 @@ from src.device import configure_process, resolve_device, resolve_precision
 from src.errors import KarnnaError
 from src.figures import study_figures
 from src.model import count_params
-from src.study_storage import lost_trial_callback, storage_for
+from src.study_sampler import TrialSeededSampler
+from src.study_storage import StorageLost, lost_trial_callback, run_failed_on_loss, storage_for
 from src.train import TrainPaths, build_model, train
 from src.tune_results import best_trials_table, write_best
 from src.vocab import Vocab
@@ -192,21 +193,20 @@ def run_study(
     tracking_uri: Optional[str] = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    worker_index: int = 0,
     on_ready: Optional[Callable[[], None]] = None,
 ) -> optuna.Study:
     """Create or resume the study and run n_trials more trials (or until timeout).
 
-    worker_index: this process's place among the workers of `--n-jobs` (its sampler's seed is
-    tune.seed + worker_index); on_ready: called once the study, its enqueued trials and its
-    parent run exist, before the first trial (where `--n-jobs` starts the other workers).
+    The sampler is seeded per trial from tune.seed (src/study_sampler.py): every process of a
+    study draws its own suggestions. on_ready: called once the study, its enqueued trials and
+    its parent run exist, before the first trial (where `--n-jobs` starts the other workers).
     """
     budget = check_study(base, space, study_data)
     study = optuna.create_study(
         study_name=space.study_name,
         storage=storage,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=space.seed + worker_index),
+        sampler=TrialSeededSampler(space.seed),
         pruner=search.make_pruner(space.pruner, space),
         load_if_exists=True,
     )
@@ -241,7 +241,7 @@ def run_study(
             bar.set_postfix_str(f"last: {trial.state.name.lower()} {trial.value or float('nan'):.4f}  best {best}")
 
     objective = objective_for(base, space, study_data, tracking_uri, parent_run_id, log)
-    with _quiet_optuna():
+    with _quiet_optuna(), run_failed_on_loss(tracking_uri, parent_run_id):
         study.optimize(
             objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, catch=(Exception,), callbacks=[on_trial_end]
         )
@@ -296,7 +296,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Set by --n-jobs for the worker processes it starts (src/tune_workers.py), not by hand.
     p.add_argument("--join", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument(
         "--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)"
     )
@@ -310,6 +309,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between a running trial's heartbeats in a database storage (default 60); "
         "a trial silent for three is marked failed",
     )
+    p.add_argument("--db-retry", type=float, default=30, help="seconds a database outage is waited for (default 30)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -351,7 +351,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             tracking.connect(uri)  # an unreachable tracking server fails here, before any trial
         if args.heartbeat < 1:
             raise KarnnaError(f"--heartbeat is {args.heartbeat}; use 1 second or more")
-        storage = storage_for(space.storage, ROOT / "tune" / "journal.log", args.heartbeat, lost_trial_callback(uri))
+        storage = storage_for(
+            space.storage, ROOT / "tune" / "journal.log", args.heartbeat, lost_trial_callback(uri), args.db_retry
+        )
         n_trials = args.n_trials if args.n_trials is not None else (None if args.timeout else space.n_trials)
         shares = [n_trials] if args.join else tune_workers.split_trials(n_trials, workers)
         joined: list = []
@@ -366,7 +368,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 n_jobs=threads,
                 tracking_uri=uri,
                 progress=not args.no_progress,
-                worker_index=args.worker_index,
                 on_ready=lambda: joined.extend(tune_workers.start(raw_argv, shares)),
             )
             failed = [code for code in tune_workers.finish(joined) if code != 0]
@@ -386,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"train it through the pipeline:\n  {best['command']}")
         if uri:
             _finish_study_run(base, uri, study, best)
-    except KarnnaError as exc:
+    except (KarnnaError, StorageLost) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

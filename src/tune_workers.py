@@ -5,9 +5,8 @@ trials in threads of one process on a quiet machine, and 1.28x under load (docs/
 "Workers on 2 cores"): threads share one interpreter between the trials' Python work. So on a
 CPU the calling process is worker 0 and, once the study, its enqueued trials and its MLflow
 parent run exist, starts workers 1..N-1 with the same command line; they only join. The trials
-asked for are split between the workers (exactly n_trials in all), each worker samples with its
-own seed (the same seed in every process would suggest the same first configurations), and on
-Linux the joined workers die with the caller (PR_SET_PDEATHSIG), so a Ctrl-C or a kill leaves
+asked for are split between the workers (exactly n_trials in all), each trial samples with a
+seed of its own (src/study_sampler.py), and on Linux the joined workers die with the caller (PR_SET_PDEATHSIG), so a Ctrl-C or a kill leaves
 no orphan training; a killed worker's running trial stays RUNNING in a journal, as with any
 worker (a database storage with --heartbeat marks it failed).
 """
@@ -23,7 +22,7 @@ import sys
 from typing import Optional
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_ALONE = ("--n-jobs", "--n-trials", "--join", "--worker-index")  # options the caller's line gives per worker
+_ALONE = ("--n-jobs", "--n-trials", "--join")  # options the caller's line gives per worker
 
 
 def default_jobs(device_type: str) -> int:
@@ -48,8 +47,8 @@ def split_trials(n_trials: Optional[int], workers: int) -> list[Optional[int]]:
     return [each + (i < extra) for i in range(workers)]
 
 
-def worker_command(argv: list[str], index: int, workers: int, n_trials: Optional[int]) -> list[str]:
-    """The command line of joined worker `index`: the caller's options, its own share and seed."""
+def worker_command(argv: list[str], workers: int, n_trials: Optional[int]) -> list[str]:
+    """The command line of a joined worker: the caller's options and its own share."""
     kept, skip = [], False
     for arg in argv:
         if skip:
@@ -69,8 +68,6 @@ def worker_command(argv: list[str], index: int, workers: int, n_trials: Optional
         *share,
         "--join",
         str(workers),
-        "--worker-index",
-        str(index),
         "--no-progress",
     ]
 
@@ -84,7 +81,7 @@ def start(argv: list[str], shares: list[Optional[int]]) -> list[subprocess.Popen
     """Workers 1.. of len(shares), each with its share (a share of 0 trials starts nothing)."""
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     return [
-        subprocess.Popen(worker_command(argv, i, len(shares), share), preexec_fn=preexec)
+        subprocess.Popen(worker_command(argv, len(shares), share), preexec_fn=preexec)
         for i, share in enumerate(shares)
         if i > 0 and share != 0
     ]

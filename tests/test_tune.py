@@ -607,7 +607,7 @@ def test_n_trials_are_split_between_the_worker_processes_and_each_gets_its_own_c
 
     assert tune_workers.split_trials(5, 2) == [3, 2] and tune_workers.split_trials(1, 2) == [1, 0]
     assert tune_workers.split_trials(None, 3) == [None, None, None]
-    cmd = tune_workers.worker_command(["--n-jobs", "2", "--timeout", "60", "--n-trials=9", "--no-progress"], 1, 2, 4)
+    cmd = tune_workers.worker_command(["--n-jobs", "2", "--timeout", "60", "--n-trials=9", "--no-progress"], 2, 4)
     assert cmd[1:3] == ["-m", "src.tune"]
     assert cmd[3:] == [
         "--timeout",
@@ -616,8 +616,6 @@ def test_n_trials_are_split_between_the_worker_processes_and_each_gets_its_own_c
         "4",
         "--join",
         "2",
-        "--worker-index",
-        "1",
         "--no-progress",
     ]
 

@@ -1,0 +1,77 @@
+"""Processes sharing one study: real `python -m src.tune` processes on one journal and one MLflow
+store, started together and one after another."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from src import tune
+from src.config import config_from_dict
+from tests.conftest import _env, tiny_params
+from tests.test_tune import _run, _space, _tiny_repo_for_tune
+
+
+@pytest.fixture
+def study_data(tiny_data):
+    vocab, tr, va = tiny_data
+    return tune.StudyData(vocab, tr, va)
+
+
+def _tune(repo, n_trials: int = 2) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "src.tune", "--n-trials", str(n_trials), "--n-jobs", "1", "--no-progress"]
+    return subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(procs: list[subprocess.Popen]) -> None:
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+
+
+def _drawn(repo) -> list[tuple]:
+    storage = tune.storage_for(str(repo / "tune" / "journal.log"), repo / "unused.log")
+    trials = optuna.load_study(study_name="w", storage=storage).trials
+    assert all(t.state.is_finished() for t in trials)
+    return [tuple(sorted(t.params.items())) for t in trials]
+
+
+@pytest.mark.slow
+def test_processes_on_one_journal_never_draw_the_same_params(stage_repo):
+    """Two processes started together, then the same command again "to add trials": every trial
+    draws its own params (a sampler seeded per process drew the same ones in each process)."""
+    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), pruner="none")
+    _finish([_tune(stage_repo), _tune(stage_repo)])
+    _finish([_tune(stage_repo)])
+    drawn = _drawn(stage_repo)
+    assert len(drawn) == 6 and len(set(drawn)) == 6, drawn
+
+
+def test_a_single_process_study_is_reproducible_from_its_seed(tmp_path, study_data):
+    """tune.seed fixes the suggestions of a study run by one process; another seed draws others."""
+    base = config_from_dict(tiny_params(model={"embedding_dim": 4}))
+
+    def params(name: str, seed: int) -> list[dict]:
+        storage = tune.storage_for(None, tmp_path / f"{name}.log")
+        return [t.params for t in _run(base, _space(seed=seed), study_data, storage, n_trials=3).trials]
+
+    first = params("a", 7)
+    assert params("b", 7) == first and params("c", 8) != first
+    assert len({tuple(sorted(p.items())) for p in first}) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_create_the_mlflow_store_once(stage_repo):
+    """Both start before mlflow.db exists; both create MLflow's tables unless one waits for the
+    other (alembic then fails one with "Online migration expected to match one row")."""
+    import yaml
+
+    _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), pruner="none")
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    (stage_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert not (stage_repo / "mlflow.db").exists()
+    _finish([_tune(stage_repo, 1), _tune(stage_repo, 1)])  # the race is at the start
+    assert len(_drawn(stage_repo)) == 2
