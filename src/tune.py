@@ -30,7 +30,7 @@ import numpy as np
 import optuna
 from tqdm.auto import tqdm
 
-from src import faults, fileio, tracking, tune_workers
+from src import faults, fileio, tracking, tracking_wal, tune_workers
 from src import space as search
 from src.config import Config, TuneConfig, config_from_dict, tune_config_from_dict, with_overrides
 from src.device import configure_process, resolve_device, resolve_precision
@@ -347,6 +347,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if base.tracking.enabled
             else None
         )
+        tracking_wal.bound_client_retries(os.environ)  # a store that dies mid-study fails in seconds
         if uri:
             tracking.connect(uri)  # an unreachable tracking server fails here, before any trial
         if args.heartbeat < 1:
