@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 from mlflow.tracking import MlflowClient
 
+from src import faults
 from src.errors import KarnnaError
 from src.mlflow_store import StoreUnreachable, connect
 
@@ -67,7 +68,11 @@ SYNC_COMMAND = "python -m src.tracking_sync"
 
 
 def is_outage(exc: BaseException) -> bool:
-    """Whether `exc` says the store did not answer (try later), not that it refused the request."""
+    """Whether `exc` says the store did not answer (try later), not that it refused the request.
+    A store whose disk is full answers, and cannot keep anything: that stops the run, in one line
+    (src.faults), since the records kept meanwhile would most often fill the same disk."""
+    if faults.disk_full(exc):
+        return False
     if isinstance(exc, (StoreUnreachable, OSError)):
         return True
     return isinstance(exc, MlflowException) and exc.error_code not in _REFUSED
@@ -115,14 +120,19 @@ class WriteAheadLog:
         if not text:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.file, "a+b") as f:
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    text = "\n" + text  # end a line torn by a crash before appending
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.file, "a+b") as f:
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        text = "\n" + text  # end a line torn by a crash before appending
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            if faults.disk_full(exc):
+                raise faults.disk_full_error(self.file, exc) from None
+            raise
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(fd)  # the file's name too, the first time
