@@ -395,4 +395,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # a worker process the caller stops leaves the one line to the caller
-    sys.exit(faults.run(main, "src.tune", quiet_interrupt="--worker-index" in sys.argv))
+    sys.exit(faults.run(main, "src.tune", quiet_interrupt="--join" in sys.argv))
