@@ -61,14 +61,16 @@ def connect(uri: str) -> MlflowClient:
         if db is not None:
             # The first client of a new SQLite store creates its tables, and MLflow takes no lock:
             # two processes starting at once both ran the migrations and alembic failed one.
-            with _exclusive(db.with_name(db.name + ".lock")):
+            with exclusive(db.with_name(db.name + ".lock")):
                 return MlflowClient(tracking_uri=uri, registry_uri=uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path`, held by one process (or thread) of this machine at a time."""
+def exclusive(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created with its folder), held by one process (or thread) of
+    this machine at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -14,8 +14,6 @@ like only (docs/TRACKING.md, "The champion"):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -23,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import mlflow
 import mlflow.pyfunc
@@ -38,7 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from src import checkpoint as checkpoints
 from src.errors import KarnnaError
-from src.mlflow_store import checkpoint_run, connect
+from src.mlflow_store import checkpoint_run, connect, exclusive
 from src.serving import SIGNATURE
 from src.vocab import Vocab
 
@@ -105,7 +103,7 @@ def register(
         raise KarnnaError(f"the evaluate score is {score}; a diverged model is not registered: retrain")
     client = connect(tracking_uri)
     run = checkpoint_run(client, tracking_uri, run_id)
-    with champion_lock(lock_file or default_lock_file(tracking_uri)):
+    with exclusive(lock_file or default_lock_file(tracking_uri)):
         name = name_for(client, model_name, fingerprint)
         key = _registration_key(run_id, checkpoint)
         existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get(IDENTITY_TAG) == key]
@@ -185,18 +183,6 @@ def default_lock_file(tracking_uri: str) -> Path:
         return Path(tracking_uri.split(":///", 1)[1]).resolve().with_suffix(".registry.lock")
     digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"karnna-registry-{digest}.lock"
-
-
-@contextlib.contextmanager
-def champion_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path`: one champion decision at a time on this machine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _registration_key(run_id: str, checkpoint: Path) -> str:

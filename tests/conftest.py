@@ -144,3 +144,17 @@ def stage_repo(tmp_path) -> Path:
         params[section].update(values)
     write_params(root, params)
     return root
+
+
+@pytest.fixture
+def repo(stage_repo) -> Path:
+    """The same, made a git + DVC repo, for a real `dvc repro`."""
+    sh(stage_repo, "git", "init", "-q")
+    sh(stage_repo, "dvc", "init", "-q")
+    sh(stage_repo, "dvc", "config", "core.analytics", "false")
+    return stage_repo
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages `dvc repro` ran, in order, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]

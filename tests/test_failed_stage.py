@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import _env, sh, write_params
+from tests.conftest import _env, ran_stages, sh, write_params
 
 OUTPUTS = (
     "metrics/train.json",
@@ -25,18 +25,6 @@ OUTPUTS = (
     "models/last.pt",
     "samples/sample.txt",
 )
-
-
-@pytest.fixture
-def repo(stage_repo) -> Path:
-    sh(stage_repo, "git", "init", "-q")
-    sh(stage_repo, "dvc", "init", "-q")
-    sh(stage_repo, "dvc", "config", "core.analytics", "false")
-    return stage_repo
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
 def snapshot(repo: Path) -> dict[str, bytes]:

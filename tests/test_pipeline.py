@@ -12,21 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import sh, write_params
-
-
-@pytest.fixture
-def repo(stage_repo) -> Path:
-    """The same, made a git + DVC repo."""
-    root = stage_repo
-    sh(root, "git", "init", "-q")
-    sh(root, "dvc", "init", "-q")
-    sh(root, "dvc", "config", "core.analytics", "false")
-    return root
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+from tests.conftest import ran_stages, sh, write_params
 
 
 @pytest.mark.slow
