@@ -3,14 +3,14 @@
     python -m benchmarks.tune_workers [--trials 6] [--budget-chars 320000] [--rounds 2]
 
 Every variant runs the same fixed workload through the real entry point (`python -m src.tune`,
-tracking off, pruner off, a fixed 2x384 model, the defaults until session 4, so that every trial costs the same) on a
+tracking off, pruner off, a fixed 2x384 model, the defaults before 9ed5011, so that every trial costs the same) on a
 fresh journal file, and the variants take turns (round-robin, the order rotated each round)
 so that background load hits them alike:
 
 - 1x2: one process, one trial at a time, 2 torch threads (`--n-jobs 1`, train.num_threads 2);
 - 2x1 processes: two `python -m src.tune` processes on one journal, 1 thread each;
 - 2x1 --n-jobs 2: one command that starts a second worker process on the same journal, 1 torch
-  thread each (what `--n-jobs 2` does on a CPU since session 4; before, it ran two trials in
+  thread each (what `--n-jobs 2` does on a CPU since ab9ce27; before, it ran two trials in
   threads of one process, measured as "2x1 threads" in docs/BENCHMARKS.md).
 
 Trials per hour count from the first trial's start to the last one's end (process start-up is

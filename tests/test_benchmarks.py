@@ -47,7 +47,7 @@ def test_machine_says_when_the_libraries_run_a_capped_instruction_set(monkeypatc
 
 @GLIBC
 def test_training_benchmarks_keep_freed_memory_as_the_train_stage_does():
-    # A step that faults its memory in again was what profile_step measured until session 7.
+    # A step that faults its memory in again was what profile_step measured before 40eb892.
     applied, kept = faults("from benchmarks.common import training_process; applied = training_process(1)[0]")
     assert applied == "True" and kept < 2_000, kept
     applied, default = faults("from benchmarks.common import training_process; applied = training_process(1, True)[0]")
