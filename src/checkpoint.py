@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from src import fileio
-from src.errors import KarnnaError
+from src.errors import KarnnaError, first_line
 from src.model import CharRNN, ModelSpec, load_weights
 from src.vocab import Vocab
 
@@ -79,23 +79,18 @@ def load_payload(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" not in str(exc):  # the pickle itself is damaged
-            raise CorruptCheckpoint(path, f"corrupt checkpoint ({_first_line(exc)})") from None
+            raise CorruptCheckpoint(path, f"corrupt checkpoint ({first_line(exc, 160)})") from None
         raise KarnnaError(
             f"{path}: refused: the file holds objects other than tensors and plain data "
-            f"({_first_line(exc)}); only load checkpoints you trust, and never with weights_only=False"
+            f"({first_line(exc, 160)}); only load checkpoints you trust, and never with weights_only=False"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
-        raise CorruptCheckpoint(path, f"truncated or corrupt checkpoint ({_first_line(exc)})") from None
+        raise CorruptCheckpoint(path, f"truncated or corrupt checkpoint ({first_line(exc, 160)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise KarnnaError(f"{path}: not a karnna checkpoint (no '{FORMAT}' marker)")
     if payload.get("version") != VERSION:
         raise KarnnaError(f"{path}: checkpoint version {payload.get('version')!r}, this code reads {VERSION}; retrain")
     return payload
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__
 
 
 def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab, dict[str, Any]]:

@@ -17,3 +17,10 @@ def redact_url(url: str) -> str:
         if ":" in creds:
             return f"{scheme}://{creds.split(':')[0]}:***@{host}"
     return url
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name if it has none), for a one-line
+    error that quotes it."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -16,6 +16,7 @@ are complete and the previous versions of the ones it was writing are untouched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -25,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-from src.errors import KarnnaError
+from src.errors import KarnnaError, first_line
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # What SQLite (under MLflow and Optuna) and torch's own writer say instead of an errno.
@@ -42,6 +43,19 @@ def disk_full(exc: BaseException) -> bool:
         (isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS) or any(w in str(e) for w in DISK_FULL_WORDS)
         for e in _chain(exc)
     )
+
+
+@contextlib.contextmanager
+def writing(path: Union[str, "os.PathLike[str]"]) -> Iterator[None]:
+    """A full disk met while the block writes `path` becomes disk_full_error's one line."""
+    try:
+        yield
+    except KarnnaError:
+        raise
+    except Exception as exc:
+        if disk_full(exc):
+            raise disk_full_error(path, exc) from None
+        raise
 
 
 def disk_full_error(path: Union[str, "os.PathLike[str]"], exc: BaseException) -> KarnnaError:
@@ -62,7 +76,7 @@ def describe_disk_full(exc: BaseException, store: Optional[str] = None) -> str:
     if any("database or disk is full" in str(e) for e in _chain(exc)):
         where = f"the tracking store {store}" if store else "a SQLite database (the tracking store or the study)"
         return f"{where}: not written, the disk is full (database or disk is full); free space on that disk and run it again"
-    return f"the disk is full ({_first_line(exc)}); free space and run it again"
+    return f"the disk is full ({first_line(exc)}); free space and run it again"
 
 
 def _chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
@@ -71,11 +85,6 @@ def _chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def run(

@@ -28,24 +28,19 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     A full disk (ENOSPC, EDQUOT; also in what the writer raised it from) is one line naming
     `path`: the previous `path` is untouched and the partial temporary file is gone."""
     path = Path(path)
-    try:
+    with faults.writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        if faults.disk_full(exc):
-            raise faults.disk_full_error(path, exc) from None
-        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException as exc:
+        with faults.writing(path):
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+    except BaseException:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, Exception) and not isinstance(exc, KarnnaError) and faults.disk_full(exc):
-            raise faults.disk_full_error(path, exc) from None
         raise
 
 

@@ -95,7 +95,7 @@ def generate(
     plain loop's text for a seed, and among all of them without one (bf16 and int8 weights draw
     from the same distribution, not the same text).
     """
-    pieces = list(stream(model, vocab, prime, length, top_k, temperature, seed, num_samples, gemv))
+    pieces = list(stream(model, vocab, prime, length, top_k, temperature, seed, num_samples, gemv, piecewise=False))
     return ["".join(texts) for texts in zip(*pieces)]
 
 
@@ -109,23 +109,25 @@ def stream(
     seed: Optional[int] = None,
     num_samples: int = 1,
     gemv: Optional[str] = None,
+    piecewise: bool = True,
 ) -> Iterator[list[str]]:
     """generate()'s text as it is drawn: the prime of each sample first, then each stretch of
-    new characters (CHECK_EVERY at a time); joined, they are generate()'s texts. Bad input is
+    new characters (CHECK_EVERY at a time; with piecewise False, the rest in one piece unless a
+    watched path runs in stretches anyway); joined, they are generate()'s texts. Bad input is
     refused here, before the first piece."""
     check_request(length, top_k, temperature, seed, num_samples)
     prime_ids = vocab.encode_prime(prime)
     k = top_k if 0 < top_k < vocab.size else 0
-    return _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv)
+    return _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv, piecewise)
 
 
 @torch.inference_mode()
-def _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv) -> Iterator[list[str]]:
+def _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv, piecewise):
     yield [prime] * num_samples
     model.eval()
     device = model.head.weight.device
     with _threads_for(device, num_samples * count_params(model)):
-        for ids in _stretches(model, prime_ids, length, k, temperature, seed, num_samples, gemv):
+        for ids in _stretches(model, prime_ids, length, k, temperature, seed, num_samples, gemv, piecewise):
             yield [vocab.decode(row.tolist()) for row in ids]
 
 
@@ -164,9 +166,11 @@ def _stretches(
     seed: Optional[int],
     num_samples: int,
     gemv: Optional[str] = None,
+    piecewise: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """-> (num_samples, n) ids on the CPU, CHECK_EVERY characters at a time. How the draws are cut
-    into stretches changes nothing else: each stretch steps past its last draw for the next."""
+    """-> (num_samples, n) ids on the CPU, CHECK_EVERY characters at a time (piecewise, or on a
+    watched path), else all at once. How the draws are cut into stretches changes nothing else:
+    each stretch steps past its last draw for the next."""
     device = model.head.weight.device
     # On the model's device (CUDA's or the CPU's), so that a draw never waits for a copy to the host.
     draw_on = device if device.type in ("cpu", "cuda") else torch.device("cpu")
@@ -184,7 +188,7 @@ def _stretches(
     states, last = step.states(hidden), logits[:, -1]
     while length > 0:
         # a measured threaded path is watched stretch by stretch (src/stepper.py)
-        n = min(length, CHECK_EVERY)
+        n = min(length, CHECK_EVERY) if piecewise or step.limit is not None else length
         start = time.perf_counter()
         with step.threads():
             ids, last, states = _loop(step, states, last, n, k, temperature, gen, draw_on, n < length)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import optuna
 import sqlalchemy.exc
 
-from src.errors import redact_url
+from src.errors import first_line, redact_url
 
 POLL_S = 1.0  # between attempts: a refused connection answers at once
 CONNECT_TIMEOUT_S = 5  # one attempt on a host that does not answer at all
@@ -55,8 +55,7 @@ def unreachable(exc: BaseException) -> Optional[BaseException]:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    return first_line(getattr(exc, "orig", None) or exc)  # SQLAlchemy's wrapper adds a paragraph
 
 
 def _stderr(line: str) -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from src import tracking_wal
+from src import faults, tracking_wal
 from src.errors import KarnnaError
 
 
@@ -36,4 +36,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(faults.run(main, "src.tracking_sync"))

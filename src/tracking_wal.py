@@ -13,11 +13,13 @@ uploaded again. See docs/TRACKING.md, "When the store is away".
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
 import shutil
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, MutableMapping, Optional
 
@@ -27,10 +29,11 @@ from mlflow.protos import databricks_pb2
 from mlflow.tracking import MlflowClient
 
 from src import faults
-from src.errors import KarnnaError
+from src.errors import KarnnaError, first_line
 from src.mlflow_store import StoreUnreachable, connect
 
 FOLDER = "tracking-pending"
+COPIES = "copies"  # artifacts as they were when kept, one folder each
 # While the store is away the sender tries again this often (an attempt costs the bounded
 # client retries below); a closing run tries once more at once.
 RETRY_S = 5.0
@@ -84,8 +87,7 @@ def reason(exc: BaseException) -> str:
     if getattr(exc, "gist", None):
         return exc.gist
     found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
-    text = found.group(1) if found else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text.strip()[:160]
+    return found.group(1).strip()[:160] if found else first_line(exc, 160)
 
 
 def shown(path: Path) -> Path:
@@ -116,11 +118,12 @@ class WriteAheadLog:
         return records
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, allow_nan=True) + "\n" for r in records)
-        if not text:
+        records = list(records)
+        if not records:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        try:
+        with faults.writing(self.file):
+            text = "".join(json.dumps(self._copied(r), allow_nan=True) + "\n" for r in records)
             with open(self.file, "a+b") as f:
                 if f.tell() > 0:
                     f.seek(-1, os.SEEK_END)
@@ -129,15 +132,25 @@ class WriteAheadLog:
                 f.write(text.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError as exc:
-            if faults.disk_full(exc):
-                raise faults.disk_full_error(self.file, exc) from None
-            raise
         fd = os.open(self.folder, os.O_RDONLY)
         try:
             os.fsync(fd)  # the file's name too, the first time
         finally:
             os.close(fd)
+
+    def _copied(self, record: dict[str, Any]) -> dict[str, Any]:
+        """An artifact record as kept: it names a copy of the file made now, so that sent later it
+        is the file as logged, whatever the path holds by then (a rerun rewrites params.yaml)."""
+        if "artifact" not in record or record.get("kept") or not Path(record["artifact"]).exists():
+            return record
+        source = Path(record["artifact"])
+        copy = self.folder / COPIES / uuid.uuid4().hex / source.name
+        copy.parent.mkdir(parents=True)
+        if source.is_dir():
+            shutil.copytree(source, copy)
+        else:
+            shutil.copy2(source, copy)
+        return {**record, "artifact": str(copy), "kept": True}
 
     def keep(self, name: str) -> Path:
         """A path beside the log for a file that a record will name."""
@@ -146,7 +159,9 @@ class WriteAheadLog:
         return path
 
     def clear(self) -> None:
+        """Forget what is kept: everything was sent (the copies too, as their originals)."""
         self.file.unlink(missing_ok=True)
+        shutil.rmtree(self.folder / COPIES, ignore_errors=True)
 
     def tidy(self) -> None:
         """Remove the folder once it holds no file (no writer may be running)."""
@@ -169,8 +184,10 @@ def send(client: MlflowClient, record: dict[str, Any]) -> None:
             client.log_artifacts(run, str(path), record.get("dir"))
         elif path.is_file():
             client.log_artifact(run, str(path), record.get("dir"))
-            if record.get("kept"):
-                path.unlink()
+        if record.get("kept"):  # a copy made for this record alone, and its own folder
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
     elif "end" in record:
         client.set_terminated(run, record["end"])
 

@@ -255,3 +255,20 @@ def test_a_line_torn_by_a_crash_loses_no_later_record(tmp_path):
     log.clear()
     log.tidy()
     assert not log.folder.exists()
+
+
+def test_a_kept_artifact_is_sent_as_it_was_when_kept(tmp_path):
+    """A rerun may rewrite params.yaml (or retrain the checkpoint) before the kept records are
+    sent: the run gets the file it logged, not what the path holds by then."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    run = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri()))
+    params = tmp_path / "params.yaml"
+    params.write_text("model: {dropout: 0.25}\n")
+    folder = tmp_path / tracking_wal.FOLDER
+    tracking_wal.WriteAheadLog(folder).append([{"uri": uri, "run": run.info.run_id, "artifact": str(params)}])
+    params.write_text("model: {dropout: 0.5}\n")  # the next experiment's params
+    assert tracking_wal.replay(folder, lambda line: None) == 1
+    sent = client.download_artifacts(run.info.run_id, "params.yaml", str(tmp_path / "down"))
+    assert Path(sent).read_text() == "model: {dropout: 0.25}\n"
+    assert not folder.exists()  # the copy went with the record
