@@ -5,7 +5,7 @@ overrides, each trained as the train stage trains them with several seeds, side 
         [--seeds 1234 1235] [--jobs 2] [--goal 1.25] [--out tune/budget_screen.json]
 
 Each (candidate, seed) is one process of one thread: params.yaml with the candidate's overrides
-and the seed (`train.seed`), `src.train.train` on the real split (data/split, data/vocab.json:
+and the seed (`train.seed`), `src.training.loop.train` on the real split (data/split, data/vocab.json:
 `dvc repro split` first), then models/best.pt's equivalent scored in fp32 on the whole
 validation split as the evaluate stage scores it (on the training device; cuDNN without TF32).
 `--jobs` trainings run at once: on this project's 2-core CPU machine use 2; on a lent GPU
@@ -35,11 +35,14 @@ from typing import Any
 import torch
 import yaml
 
-from src import checkpoint, evaluate, fileio
-from src.config import config_from_dict, with_overrides
-from src.device import configure_process, resolve_device
-from src.train import TrainPaths, train
-from src.vocab import Vocab
+from src.config.schema import config_from_dict, with_overrides
+from src.data.vocab import Vocab
+from src.model import checkpoint
+from src.training import evaluate
+from src.training.device import configure_process, resolve_device
+from src.training.loop import train
+from src.training.state import TrainPaths
+from src.utils import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 # A smoke run of a benchmark: replaces train.max_steps of params.yaml in every training process.

@@ -16,9 +16,10 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from src import corpus, data
-from src.device import configure_process, cpu_has_fast_bf16
-from src.vocab import Vocab, build_vocab
+from src.data import corpus
+from src.data.splits import split_ids
+from src.data.vocab import Vocab, build_vocab
+from src.training.device import configure_process, cpu_has_fast_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_CORPUS = REPO / "data" / "corpus.txt"
@@ -45,7 +46,7 @@ def novel_split() -> tuple[Vocab, np.ndarray, np.ndarray]:
     """vocab, train ids, val ids: the pipeline's default split (the last 10% is validation)."""
     text = read_novel()
     vocab = build_vocab(text, "lf")
-    split = data.split_ids(vocab.encode(text), 0.1, 0.0)
+    split = split_ids(vocab.encode(text), 0.1, 0.0)
     return vocab, split.train, split.val
 
 
@@ -101,7 +102,7 @@ def add_glibc_default(parser: argparse.ArgumentParser) -> None:
 def training_process(threads: int, glibc_default: bool = False) -> tuple[bool, str]:
     """Set this process up as the train stage sets up its own, for benchmarks that time training steps.
 
-    src.device.configure_process, the stages' own: torch's threads and glibc's malloc keeping
+    src.training.device.configure_process, the stages' own: torch's threads and glibc's malloc keeping
     freed memory. Without that, every step faults its activations and oneDNN's workspace in
     again, a cost the pipeline does not pay, which a profile shows as autograd bookkeeping and
     copies. `glibc_default` leaves malloc as it is, to measure that cost.
@@ -111,8 +112,11 @@ def training_process(threads: int, glibc_default: bool = False) -> tuple[bool, s
         torch.set_num_threads(threads)
         return False, "glibc malloc: default (returns freed memory; every step faults it in again)"
     if configure_process(threads, torch.device("cpu")):
-        return True, "glibc malloc: keeps freed memory, as the train stage sets it (src.device.configure_process)"
-    return False, "malloc: the C library's default (not glibc: src.device.keep_freed_memory does not apply)"
+        return (
+            True,
+            "glibc malloc: keeps freed memory, as the train stage sets it (src.training.device.configure_process)",
+        )
+    return False, "malloc: the C library's default (not glibc: src.training.device.keep_freed_memory does not apply)"
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -1,10 +1,10 @@
-"""Encoding the novel: src.vocab against the seed's per-character dict lookup; optionally a no-op `dvc repro`.
+"""Encoding the novel: src.data.vocab against the seed's per-character dict lookup; optionally a no-op `dvc repro`.
 
     python -m benchmarks.encode_speed [--repeats 7] [--dvc]
 
 - reference: the seed's encoding, a set for the vocabulary and a Python list comprehension over
   the characters into np.array.
-- project: src.vocab.build_vocab + Vocab.encode (numpy searchsorted over code points), and the
+- project: src.data.vocab.build_vocab + Vocab.encode (numpy searchsorted over code points), and the
   whole encode stage's work (read, decode, newline policy, vocabulary, ids).
 Both alternate in every repeat; figures are medians. With --dvc, and only when `dvc status` says
 the pipeline is up to date (so that nothing gets trained), `dvc repro` is timed as well.
@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.common import REPO, machine, median, read_novel, table, timed
-from src.vocab import build_vocab
+from src.data.vocab import build_vocab
 
 
 def seed_encode(text: str) -> np.ndarray:

@@ -11,14 +11,14 @@ whose python3 holds a CUDA build of torch:
 1. Correctness: the same model (dropout 0, as two devices never draw the same masks) on the
    same 100 x 100 batch, on the CPU and on the GPU, in fp32 and in bf16 autocast: the losses
    must agree within a relative tolerance and the gradients point the same way (cosine); the
-   validation scorer (src.evaluate) too.
+   validation scorer (src.training.evaluate) too.
 2. The GPU's matmul peak (torch.mm, fp32 and bf16, the LSTM's shapes and 8192^3).
 3. Training throughput of the project's step (benchmarks.train_speed.ProjectTrainer: cuDNN
    LSTM, the whole corpus on the device so no batch crosses from the host, loss fetched every
    25 steps) for 2 x 512 at batch 100 x 100 (the seed's) and larger batches, bf16 and fp32.
-4. The real loop: src.train.train() for --train-steps steps (validation and checkpoints
+4. The real loop: src.training.loop.train() for --train-steps steps (validation and checkpoints
    included), and the estimated time of the seed's full recipe (20 epochs) at the measured rate.
-5. Sampling: src.sample.generate() on the GPU, one sample and 128 at once.
+5. Sampling: src.generation.sampling.generate() on the GPU, one sample and 128 at once.
 Uses the novel where it is found (../shared/data/anna.txt does not travel to the device
 machine), else random characters from a fixed seed: speed does not depend on the text.
 Exits 0 with a message where torch sees no CUDA GPU, 1 where a correctness check fails.
@@ -41,13 +41,15 @@ import torch.nn.functional as F
 from benchmarks import peak
 from benchmarks.common import fmt_rate, machine, novel_path, novel_split, table, write_json
 from benchmarks.train_speed import BATCH, EMBEDDING, LSTM_SIZE, NUM_LAYERS, SEQ_LEN, ProjectTrainer
-from src import data, evaluate
-from src.config import config_from_dict
-from src.device import autocast, resolve_precision
-from src.model import CharRNN, ModelSpec
-from src.sample import generate
-from src.train import TrainPaths, train
-from src.vocab import Vocab, build_vocab
+from src.config.schema import config_from_dict
+from src.data import batches
+from src.data.vocab import Vocab, build_vocab
+from src.generation.sampling import generate
+from src.model.charrnn import CharRNN, ModelSpec
+from src.training import evaluate
+from src.training.device import autocast, resolve_precision
+from src.training.loop import train
+from src.training.state import TrainPaths
 
 CPU = torch.device("cpu")
 # (loss relative difference, gradient cosine): cuDNN may use TF32 for fp32 RNN GEMMs.
@@ -73,7 +75,7 @@ def check_same_batch(train_ids: np.ndarray, vocab_size: int, device: torch.devic
     torch.manual_seed(0)
     models = {CPU: CharRNN(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, 0.0)).train()}
     models[device] = copy.deepcopy(models[CPU]).to(device)
-    x, y = next(data.windows(data.batchify(torch.from_numpy(train_ids.astype(np.int64)), BATCH), SEQ_LEN))
+    x, y = next(batches.windows(batches.batchify(torch.from_numpy(train_ids.astype(np.int64)), BATCH), SEQ_LEN))
     losses, grads = {}, {}
     for dev, model in models.items():
         with autocast(dev, resolve_precision(precision, dev)):

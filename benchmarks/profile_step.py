@@ -3,7 +3,7 @@
     python -m benchmarks.profile_step [--precision bf16] [--steps 3] [--threads 1] [--top 25]
 
 torch.profiler over a few steps of benchmarks.train_speed's ProjectTrainer (the pieces of
-src/train.py's loop), after two warm-up steps. Prints the ops by self time, the time per
+src/training/loop.py's loop), after two warm-up steps. Prints the ops by self time, the time per
 category (oneDNN LSTM forward and backward, the other GEMMs, dropout masks, dtype casts,
 elementwise and reductions, optimiser, clipping) and, beside the measured step, the time its
 GEMMs alone would take at the fastest rate measured for each shape (benchmarks.peak.step_gemms).

@@ -11,7 +11,7 @@ once on a quiet machine, which measures the Stepper's paths (with --seed among t
 the sample stage does), then `--calls` calls quiet and `--calls` calls beside another process
 (--load: a busy loop holding one core, or a two-thread torch matmul loop):
 - "as shipped": generate() with no path named: a threaded path is watched and dropped when it
-  collapses (src.stepper.THREADED, demote);
+  collapses (src.generation.stepper.THREADED, demote);
 - "forced": generate(gemv=<the quiet choice>): the same arithmetic, never dropped (what a path
   chosen once did for the rest of the process before the watch).
 Prints characters/s per phase and variant (medians over repeats of each process's median call)
@@ -32,8 +32,8 @@ import torch
 
 from benchmarks.common import fmt_rate, machine, median, table, timed, write_json
 from benchmarks.sample_speed import PRIME, TOP_K, bench_model
-from src.sample import generate
-from src.stepper import chosen
+from src.generation.sampling import generate
+from src.generation.stepper import chosen
 
 LOADS = {  # what the other process does
     "spin": "while True: pass",  # one core held: a thread of a two-thread product waits for its turn

@@ -4,7 +4,7 @@
 
 The model of the train stage (`dvc repro train`, or `dvc pull train`) reads the first --chars
 characters of the validation split (data/split/val.npy) one at a time through the sampling
-Stepper on each GEMV path (src.stepper.paths_for), teacher-forced: every path sees the same
+Stepper on each GEMV path (src.generation.stepper.paths_for), teacher-forced: every path sees the same
 text. For each reduced-precision path against fp32 ("torch"): the total variation between the
 two next-character distributions (mean and max over the characters; 0.01 takes about 10,000
 draws to notice) and the cross-entropy of the true next character (nats/char), which is the
@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine, table
-from src import checkpoint, fileio
-from src.stepper import EXACT_PATHS, Stepper, paths_for
+from src.generation.stepper import EXACT_PATHS, Stepper, paths_for
+from src.model import checkpoint
+from src.utils import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Sampling speed: src.sample.generate against the seed's per-character loop, side by side.
+"""Sampling speed: src.generation.sampling.generate against the seed's per-character loop, side by side.
 
     python -m benchmarks.sample_speed [--rounds 5] [--length 2000] [--ref-length 200]
                                       [--batch 128] [--batch-length 200] [--threads 0] [--cell lstm] [--json PATH]
@@ -34,10 +34,10 @@ import torch
 from benchmarks import peak
 from benchmarks.common import fmt_rate, machine, median, read_novel, table, threads_arg, time_each, timed, write_json
 from benchmarks.reference import SeedLSTM, seed_sample
-from src.model import CharRNN, ModelSpec
-from src.sample import generate
-from src.stepper import EXACT_PATHS, GEMV_PATHS, blas_threads, chosen, paths_for
-from src.vocab import Vocab, build_vocab
+from src.data.vocab import Vocab, build_vocab
+from src.generation.sampling import generate
+from src.generation.stepper import EXACT_PATHS, GEMV_PATHS, blas_threads, chosen, paths_for
+from src.model.charrnn import CharRNN, ModelSpec
 
 LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
 SEEDED, UNSEEDED = "project, batch 1, a seed", "project, batch 1, no seed"
@@ -53,7 +53,7 @@ def bench_model(cell: str = "lstm") -> tuple[CharRNN, Vocab]:
 
 def gemv_product_seconds(model: CharRNN, repeats: int = 200) -> dict[str, float]:
     """Seconds of one character's matrix-vector products, nothing else, on each of the Stepper's
-    candidate paths (src.stepper.paths_for; torch on one thread, as generate() runs it); the
+    candidate paths (src.generation.stepper.paths_for; torch on one thread, as generate() runs it); the
     fastest is the GEMV floor, the rate sampling would reach if nothing else cost anything. Each
     path is timed as a burst of `repeats` characters' products back to back (the mean, as a
     generate() call meets the machine's load over its whole length, not the median of quiet

@@ -27,12 +27,13 @@ import torch
 from mlflow.entities import Metric
 
 from benchmarks.common import machine
-from src import tracking
-from src.config import config_from_dict
-from src.device import configure_process
-from src.report import Reporter
-from src.train import TrainPaths, train
-from src.vocab import build_vocab
+from src.config.schema import config_from_dict
+from src.data.vocab import build_vocab
+from src.tracking import runs
+from src.training.device import configure_process
+from src.training.loop import train
+from src.training.report import Reporter
+from src.training.state import TrainPaths
 
 
 class TimedReporter(Reporter):
@@ -67,7 +68,7 @@ class TimedReporter(Reporter):
         self._timed(self.inner.wait)
 
 
-class MlflowAsyncReporter(tracking.MlflowReporter):
+class MlflowAsyncReporter(runs.MlflowReporter):
     """src.tracking's reporter with MLflow's own asynchronous logging
     (`MlflowClient.log_batch(..., synchronous=False)`) in place of its sender thread for metrics."""
 
@@ -89,7 +90,7 @@ class MlflowAsyncReporter(tracking.MlflowReporter):
 
 
 # mode -> the reporter class start_training_run builds (None: tracking off)
-MODES = {"off": None, "thread": tracking.MlflowReporter, "mlflow-async": MlflowAsyncReporter}
+MODES = {"off": None, "thread": runs.MlflowReporter, "mlflow-async": MlflowAsyncReporter}
 
 
 def make_text(n_chars: int) -> str:
@@ -100,17 +101,17 @@ def make_text(n_chars: int) -> str:
 def one_run(cfg, uri: str, vocab, train_ids, val_ids, work: Path, mode: str) -> dict:
     paths = TrainPaths(best=work / "best.pt", last=work / "last.pt")
     start = time.perf_counter()
-    original = tracking.MlflowReporter
-    tracking.MlflowReporter = MODES[mode] or original  # the class start_training_run builds
+    original = runs.MlflowReporter
+    runs.MlflowReporter = MODES[mode] or original  # the class start_training_run builds
     try:
         return _one_run(cfg, uri, vocab, train_ids, val_ids, paths, start)
     finally:
-        tracking.MlflowReporter = original
+        runs.MlflowReporter = original
 
 
 def _one_run(cfg, uri, vocab, train_ids, val_ids, paths, start) -> dict:
     work = paths.best.parent
-    with tracking.start_training_run(cfg, uri) as reporter:
+    with runs.start_training_run(cfg, uri) as reporter:
         timed = TimedReporter(reporter)
         cpu_start, main_start = time.process_time(), time.thread_time()
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=timed, progress=False, log=lambda _: None)

@@ -5,8 +5,8 @@
 The recipe: 2 x 512 LSTM, dropout 0.5, batches of 100 x 100 characters of the novel.
 - reference: benchmarks.reference (one-hot inputs, fp32, a numpy batch per step, the loss
   fetched at every step).
-- project: src.train.train_step, the step of src/train.py's loop (CharRNN with params.yaml's 64-wide embedding,
-  batches as views of one tensor, src.device's autocast, Adam, clipping, the loss kept on the
+- project: src.training.loop.train_step, the step of src/training/loop.py's loop (CharRNN with params.yaml's 64-wide embedding,
+  batches as views of one tensor, src.training.device's autocast, Adam, clipping, the loss kept on the
   device and fetched every 25 steps), in bf16 autocast and in fp32.
 The process is set up as the train stage's (benchmarks.common.training_process: glibc keeps
 freed memory; --glibc-default leaves it off), so the reference runs with it too.
@@ -15,10 +15,10 @@ kernel on the fastest of the LSTM's GEMM shapes, picked once at the start), in a
 rotates from cycle to cycle: load from other processes hits every variant alike. Reported:
 medians over all timed steps, and the median over cycles of each cycle's ratio and utilisation
 (achieved model FLOP/s over that cycle's peak of the precision used). Where torch cannot run a
-bf16 LSTM on the CPU (src.device.cpu_bf16_fails: an AVX2 CPU), the bf16 rows are left out and the
+bf16 LSTM on the CPU (src.training.device.cpu_bf16_fails: an AVX2 CPU), the bf16 rows are left out and the
 goals are judged on fp32, the precision the pipeline's 'auto' takes there.
 
-Then the quality check: src.train.train() itself, on the whole novel, for --quality-steps
+Then the quality check: src.training.loop.train() itself, on the whole novel, for --quality-steps
 steps in fp32 and in bf16 from the same seed and in fp32 from the next seed; the validation loss
 (whole validation split) of bf16 is judged against the fp32 seed-to-seed difference.
 """
@@ -48,12 +48,13 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.reference import SeedTrainer
-from src import data
-from src.config import config_from_dict
-from src.device import cpu_bf16_fails, resolve_precision
-from src.model import CharRNN, ModelSpec
-from src.train import TrainPaths, train, train_step
-from src.vocab import Vocab
+from src.config.schema import config_from_dict
+from src.data import batches
+from src.data.vocab import Vocab
+from src.model.charrnn import CharRNN, ModelSpec
+from src.training.device import cpu_bf16_fails, resolve_precision
+from src.training.loop import train, train_step
+from src.training.state import TrainPaths
 
 LSTM_SIZE, NUM_LAYERS, DROPOUT, BATCH, SEQ_LEN, EMBEDDING = 512, 2, 0.5, 100, 100, 64
 LOG_INTERVAL = 25
@@ -61,7 +62,7 @@ CPU = torch.device("cpu")
 
 
 class ProjectTrainer:
-    """src/train.py's step on the seed recipe, one step at a time so that it can be interleaved."""
+    """src/training/loop.py's step on the seed recipe, one step at a time so that it can be interleaved."""
 
     def __init__(
         self,
@@ -77,14 +78,14 @@ class ProjectTrainer:
         self.model = CharRNN(ModelSpec(vocab_size, EMBEDDING, LSTM_SIZE, NUM_LAYERS, DROPOUT)).to(device).train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=2e-3)
         self.amp = resolve_precision(precision, device)
-        self.grid = data.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), batch_size)
+        self.grid = batches.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), batch_size)
         self.batches = self._forever()
         self.pending: list[torch.Tensor] = []
 
     def _forever(self):
         while True:
             self.hidden = self.model.init_hidden(self.batch_size, self.device)
-            yield from data.windows(self.grid, SEQ_LEN)
+            yield from batches.windows(self.grid, SEQ_LEN)
 
     def step(self) -> None:
         x, y = next(self.batches)

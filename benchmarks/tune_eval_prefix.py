@@ -24,12 +24,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from src import checkpoint, evaluate, fileio
-from src import space as search
-from src.config import config_from_dict, tune_config_from_dict
-from src.device import configure_process, resolve_device, resolve_precision
-from src.train import TrainPaths, train
-from src.vocab import Vocab
+from src.config.schema import config_from_dict, tune_config_from_dict
+from src.data.vocab import Vocab
+from src.model import checkpoint
+from src.training import evaluate
+from src.training.device import configure_process, resolve_device, resolve_precision
+from src.training.loop import train
+from src.training.state import TrainPaths
+from src.tuning import space as search
+from src.utils import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 

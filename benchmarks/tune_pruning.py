@@ -19,10 +19,11 @@ import optuna
 import torch
 import yaml
 
-from src import fileio, tune
-from src.config import TuneConfig, config_from_dict, section_from_dict
-from src.device import configure_process, resolve_device
-from src.vocab import Vocab
+from src.config.schema import TuneConfig, config_from_dict, section_from_dict
+from src.data.vocab import Vocab
+from src.training.device import configure_process, resolve_device
+from src.tuning import runner, storage
+from src.utils import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def main() -> None:
     raw["tracking"]["enabled"] = False
     base = config_from_dict(raw)
     configure_process(base.train.num_threads, resolve_device(base.train.device))  # as src.tune's main does
-    data = tune.StudyData(
+    data = runner.StudyData(
         Vocab.load(ROOT / "data/vocab.json"),
         fileio.read_npy(ROOT / "data/split/train.npy"),
         fileio.read_npy(ROOT / "data/split/val.npy"),
@@ -58,11 +59,11 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            study = tune.run_study(
+            study = runner.run_study(
                 base,
                 space,
                 data,
-                tune.storage_for(None, Path(tmp) / "j.log"),
+                storage.storage_for(None, Path(tmp) / "j.log"),
                 n_trials=args.trials,
                 progress=False,
                 log=lambda _: None,

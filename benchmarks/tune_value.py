@@ -4,12 +4,12 @@ trained at the pipeline's budget with two seeds, side by side.
     python -m benchmarks.tune_value [--minutes 25] [--seeds 1234 1235] [--journal tune/tune_value.log]
     python -m benchmarks.tune_value --tuned '{"model.lstm_size": 512, ...}' --seeds 1234   # trainings only
 
-1. `src.tune.run_study` on the real split (data/split) with params.yaml's `tune` section as
+1. `src.tuning.runner.run_study` on the real split (data/split) with params.yaml's `tune` section as
    committed (the pipeline's budget, its ladder, successive halving, the seed recipe and the
    defaults enqueued first), the default workers (one per core), tracking off; no trial starts
    after --minutes (running ones finish).
 2. The best complete trial's params and the defaults, each trained as the train stage trains
-   them (`src.train.train` with params.yaml plus the trial's `-S` overrides) with each seed, the
+   them (`src.training.loop.train` with params.yaml plus the trial's `-S` overrides) with each seed, the
    two configurations of a seed side by side in two processes of one thread each, then scored
    in fp32 on the whole validation split as the evaluate stage scores models/best.pt.
 
@@ -31,16 +31,17 @@ from pathlib import Path
 import optuna
 
 from benchmarks.budget_screen import MAX_STEPS_ENV, load_avg, read_params, split_data, train_one
-from src import fileio, tune, tune_workers
-from src import space as search
-from src.config import config_from_dict, tune_config_from_dict, with_overrides
-from src.device import configure_process, resolve_device
+from src.config.schema import config_from_dict, tune_config_from_dict, with_overrides
+from src.training.device import configure_process, resolve_device
+from src.tuning import processes, results, runner, storage
+from src.tuning import space as search
+from src.utils import fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def study_data() -> tune.StudyData:
-    return tune.StudyData(*split_data())
+def study_data() -> runner.StudyData:
+    return runner.StudyData(*split_data())
 
 
 def run_search(minutes: float, journal: Path) -> optuna.Study:
@@ -48,18 +49,18 @@ def run_search(minutes: float, journal: Path) -> optuna.Study:
     base, space = config_from_dict(raw), tune_config_from_dict(raw)
     space = with_overrides(space, {"study_name": f"tune-value-{time.strftime('%Y%m%d-%H%M%S')}"}, "benchmark")
     device = resolve_device(base.train.device)
-    n_jobs = tune_workers.default_jobs(device.type)
-    configure_process(tune_workers.threads_per_trial(base.train.num_threads, n_jobs), device)
+    n_jobs = processes.default_jobs(device.type)
+    configure_process(processes.threads_per_trial(base.train.num_threads, n_jobs), device)
     print(
         f"study {space.study_name} in {journal}: {n_jobs} trials at a time, "
         f"{search.budget_chars(space, base):,} characters per full trial, {minutes:g} minutes",
         flush=True,
     )
-    return tune.run_study(
+    return runner.run_study(
         base,
         space,
         study_data(),
-        tune.storage_for(str(journal), journal),
+        storage.storage_for(str(journal), journal),
         timeout=minutes * 60,
         n_jobs=n_jobs,
         progress=False,
@@ -112,7 +113,7 @@ def main() -> None:
     else:
         study = run_search(args.minutes, args.journal)
         found = summary(study, time.perf_counter() - t0)
-        print(tune.best_trials_table(study, top=15))
+        print(results.best_trials_table(study, top=15))
         print(json.dumps(found, indent=1, default=str), f"\nload average after the study: {load_avg()}", flush=True)
 
     configs = {"tuned": found["best_overrides"], "defaults": {}}

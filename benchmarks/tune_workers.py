@@ -32,7 +32,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from src import tune
+from src.tuning import storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def run_variant(name: str, trials: int, budget: int, folder: Path, cap_s: float)
     wall = time.perf_counter() - t0
     if not capped and any(p.returncode for p in procs):
         raise SystemExit(f"{name} failed")
-    study = optuna.load_study(study_name="w", storage=tune.storage_for(str(journal), journal))
+    study = optuna.load_study(study_name="w", storage=storage.storage_for(str(journal), journal))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     start = min(t.datetime_start for t in study.trials if t.datetime_start)
     # from the first trial's start to the last one's end, or to the cap

@@ -1,5 +1,5 @@
 """What every stage shares: the repo's paths, reading params.yaml, and turning bad input, a full
-disk or a signal into one line on stderr and a non-zero exit (src/faults.py)."""
+disk or a signal into one line on stderr and a non-zero exit (src/utils/faults.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from src import faults, fileio
-from src.config import Config, config_from_dict
+from src.config.schema import Config, config_from_dict
+from src.utils import faults, fileio
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

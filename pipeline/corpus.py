@@ -4,7 +4,8 @@ keep an exact copy in data/corpus.txt, so the later stages read a file DVC track
 import sys
 
 from pipeline.common import CORPUS, ROOT, load_config, stage
-from src import corpus, fileio
+from src.data import corpus
+from src.utils import fileio
 
 
 @stage

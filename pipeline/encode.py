@@ -5,9 +5,10 @@ import sys
 import time
 
 from pipeline.common import CORPUS, ENCODED, ROOT, VOCAB, load_config, stage
-from src import corpus, fileio
-from src.errors import KarnnaError
-from src.vocab import build_vocab
+from src.data import corpus
+from src.data.vocab import build_vocab
+from src.utils import fileio
+from src.utils.errors import KarnnaError
 
 
 @stage

@@ -8,15 +8,18 @@ import numpy as np
 import torch
 
 from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, clear_outputs, load_config, stage, tracking_uri
-from src import checkpoint, evaluate, fileio, tracking, tracking_wal
-from src.device import configure_process, resolve_device
-from src.vocab import Vocab
+from src.data.vocab import Vocab
+from src.model import checkpoint
+from src.tracking import runs, wal
+from src.training import evaluate
+from src.training.device import configure_process, resolve_device
+from src.utils import fileio
 
 
 @stage
 def main() -> None:
     cfg = load_config()
-    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
+    wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     device = resolve_device(cfg.train.device)
     configure_process(0, device)  # torch's default threads: evaluation is not a tuned knob
     model, vocab, payload = checkpoint.load(BEST, device)
@@ -41,13 +44,13 @@ def main() -> None:
         for k, v in r.items()
         if k != "chars"
     }
-    tracking.log_to_run(
+    runs.log_to_run(
         payload.get("run_id"),
         tracking_uri(),
         metrics=flat,
         artifacts=[METRICS / "eval.json"],
         step=payload["step"],
-        pending=BEST.parent / tracking_wal.FOLDER,
+        pending=BEST.parent / wal.FOLDER,
     )
 
 

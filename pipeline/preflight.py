@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from src.errors import KarnnaError, redact_url
+from src.utils.errors import KarnnaError, redact_url
 
 
 def check_remote(root: Path) -> str:
@@ -66,8 +66,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def check_all(storage: Optional[str], no_remote: bool) -> None:
     from pipeline.common import PARAMS, load_params, main_repo_root, tracking_uri
-    from src import mlflow_store
-    from src.config import config_from_dict, tune_config_from_dict
+    from src.config.schema import config_from_dict, tune_config_from_dict
+    from src.tracking import store
 
     raw = load_params(PARAMS)
     cfg = config_from_dict(raw, PARAMS.name)
@@ -75,11 +75,11 @@ def check_all(storage: Optional[str], no_remote: bool) -> None:
         print("ok:", check_remote(main_repo_root()))
     if cfg.tracking.enabled:
         uri = tracking_uri()
-        mlflow_store.check_store(uri)
+        store.check_store(uri)
         print(f"ok: MLflow tracking store {redact_url(uri)}")
     storage = storage or tune_config_from_dict(raw, PARAMS.name).storage
     if storage and not storage.endswith(".log"):
-        from src.study_storage import storage_for
+        from src.tuning.storage import storage_for
 
         storage_for(storage, Path(os.devnull))
         print(f"ok: Optuna storage {redact_url(storage)}")

@@ -1,5 +1,5 @@
 """Stage register: the evaluated models/best.pt -> an MLflow model version; @champion moves only
-when its fp32 score beats the champion's on the same data (src.registry). Writes
+when its fp32 score beats the champion's on the same data (src.serving.registry). Writes
 models/registration.json, what it decided."""
 
 import json
@@ -7,10 +7,14 @@ import os
 import sys
 
 from pipeline.common import BEST, CORPUS, METRICS, MODELS, load_config, stage, tracking_uri
-from src import checkpoint, corpus, fileio, registry, tracking_wal
-from src.config import SampleConfig
-from src.errors import KarnnaError
-from src.vocab import Vocab
+from src.config.schema import SampleConfig
+from src.data import corpus
+from src.data.vocab import Vocab
+from src.model import checkpoint
+from src.serving import registry
+from src.tracking import wal
+from src.utils import fileio
+from src.utils.errors import KarnnaError
 
 REGISTRATION = MODELS / "registration.json"
 
@@ -25,10 +29,10 @@ def main() -> None:
     payload = checkpoint.load_payload(BEST)
     if payload.get("run_id") is None:
         raise KarnnaError(f"{BEST} was trained with tracking off, so it has no MLflow run; rerun `dvc repro train`")
-    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
+    wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     # What the earlier stages kept while the store was away completes the run before it is
     # registered; without the store this stops here, in one line, and the file stays.
-    tracking_wal.replay(MODELS / tracking_wal.FOLDER, print)
+    wal.replay(MODELS / wal.FOLDER, print)
     scores = json.loads((METRICS / "eval.json").read_text())
     if scores.get("step") != payload["step"]:
         raise KarnnaError(

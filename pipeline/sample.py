@@ -5,15 +5,17 @@ import os
 import sys
 
 from pipeline.common import BEST, SAMPLES, clear_outputs, load_config, stage, tracking_uri
-from src import checkpoint, fileio, tracking, tracking_wal
-from src.sample import stream
-from src.vocab import PRIME_PARAM
+from src.data.vocab import PRIME_PARAM
+from src.generation.sampling import stream
+from src.model import checkpoint
+from src.tracking import runs, wal
+from src.utils import fileio
 
 
 @stage
 def main() -> None:
     cfg = load_config()
-    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
+    wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     s = cfg.sample
     model, vocab, payload = checkpoint.load(BEST, "cpu")
     vocab.encode_prime(s.prime, PRIME_PARAM)  # the one sample.* value params.yaml's checks cannot judge
@@ -28,12 +30,12 @@ def main() -> None:
     text = "".join(pieces)
     fileio.write_text(path, text + "\n")  # whole, once drawn: never a half-written sample
     # The head of the sample as a tag: a column that `mlflow ui` can show beside the losses.
-    tracking.log_to_run(
+    runs.log_to_run(
         payload.get("run_id"),
         tracking_uri(),
         artifacts=[path],
         tags={"sample": text[:500]},
-        pending=BEST.parent / tracking_wal.FOLDER,
+        pending=BEST.parent / wal.FOLDER,
     )
 
 

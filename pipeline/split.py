@@ -4,8 +4,9 @@ fractions (never by batch shape), train first, validation next, test last."""
 import sys
 
 from pipeline.common import ENCODED, SPLIT_DIR, load_config, stage
-from src import data, fileio
-from src.errors import KarnnaError
+from src.data.splits import split_ids
+from src.utils import fileio
+from src.utils.errors import KarnnaError
 
 
 @stage
@@ -13,7 +14,7 @@ def main() -> None:
     cfg = load_config().split
     if not ENCODED.is_file():
         raise KarnnaError(f"{ENCODED}: missing; run `dvc repro encode` first")
-    parts = data.split_ids(fileio.read_npy(ENCODED), cfg.val_fraction, cfg.test_fraction)
+    parts = split_ids(fileio.read_npy(ENCODED), cfg.val_fraction, cfg.test_fraction)
     for name in ("train", "val", "test"):
         fileio.write_npy(SPLIT_DIR / f"{name}.npy", getattr(parts, name))
     print(f"split: train {len(parts.train):,}  val {len(parts.val):,}  test {len(parts.test):,} characters")

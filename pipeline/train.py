@@ -23,12 +23,14 @@ from pipeline.common import (
     stage,
     tracking_uri,
 )
-from src import corpus, fileio, tracking, tracking_wal
-from src.device import configure_process, resolve_device, resolve_precision
-from src.tracking import DatasetInfo
-from src.train import TrainPaths, train
-from src.train_state import plan_resume
-from src.vocab import PRIME_PARAM, Vocab
+from src.data import corpus
+from src.data.vocab import PRIME_PARAM, Vocab
+from src.tracking import runs, wal
+from src.tracking.runs import DatasetInfo
+from src.training.device import configure_process, resolve_device, resolve_precision
+from src.training.loop import train
+from src.training.state import TrainPaths, plan_resume
+from src.utils import fileio
 
 # The outputs DVC does not cache: persist in dvc.yaml, so train() clears them before its first step.
 OUTPUTS = (METRICS / "train.json", PLOTS / "train_loss.csv", PLOTS / "val_loss.csv")
@@ -59,7 +61,7 @@ def datasets(cfg, train_ids, val_ids) -> list[DatasetInfo]:
 @stage
 def main() -> None:
     cfg = load_config()
-    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
+    wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     device = resolve_device(cfg.train.device)
     configure_process(cfg.train.num_threads, device)
     resolve_precision(cfg.train.precision, device, cfg.model.cell)  # a bf16 torch cannot run: before the run
@@ -77,14 +79,14 @@ def main() -> None:
     # A resumed training continues the MLflow run its checkpoint names.
     resume_run_id = resume.get("run_id") if resume else None
     inputs = datasets(cfg, train_ids, val_ids)
-    with tracking.start_training_run(
+    with runs.start_training_run(
         cfg,
         uri,
         context,
         resume_run_id=resume_run_id,
         run_name=run_name(context),
         datasets=inputs,
-        pending=MODELS / tracking_wal.FOLDER,
+        pending=MODELS / wal.FOLDER,
     ) as reporter:
         result = train(
             cfg,

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from src import faults, tracking_wal
-from src.errors import KarnnaError
+from src.tracking import wal
+from src.utils import faults
+from src.utils.errors import KarnnaError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -23,10 +24,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="send to this store instead of the one each record names (e.g. the server moved)",
     )
     args = parser.parse_args(argv)
-    tracking_wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
-    folder = args.models / tracking_wal.FOLDER
+    wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
+    folder = args.models / wal.FOLDER
     try:
-        sent = tracking_wal.replay(folder, print, args.tracking_uri)
+        sent = wal.replay(folder, print, args.tracking_uri)
     except KarnnaError as exc:
         print(f"error: {exc}; the records stay in {folder}", file=sys.stderr)
         return 2

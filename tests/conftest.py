@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from src import data
-from src.config import config_from_dict
-from src.report import Reporter
-from src.vocab import build_vocab
+from src.config.schema import config_from_dict
+from src.data.splits import split_ids
+from src.data.vocab import build_vocab
+from src.training.report import Reporter
 
 # Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
 # spin-waiting on each other slow them down by 10-100x. Subprocesses get the same via _env().
@@ -68,7 +68,7 @@ def tiny_config():
 @pytest.fixture
 def tiny_data():
     vocab = build_vocab(TINY_TEXT, "lf")
-    split = data.split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
+    split = split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
     return vocab, split.train, split.val
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src import checkpoint, evaluate
-from src.config import config_from_dict
-from src.errors import KarnnaError
-from src.model import CharRNN, ModelSpec, load_weights
-from src.sample import generate
-from src.train import TrainPaths, train
-from src.train_state import plan_resume
+from src.config.schema import config_from_dict
+from src.generation.sampling import generate
+from src.model import checkpoint
+from src.model.charrnn import CharRNN, ModelSpec, load_weights
+from src.training import evaluate
+from src.training.loop import train
+from src.training.state import TrainPaths, plan_resume
+from src.utils.errors import KarnnaError
 from tests.conftest import Crash, CrashAt, tiny_params
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -65,8 +66,8 @@ def test_each_cell_samples_the_same_on_the_fast_and_the_fused_path(tiny_data, ce
     vocab, _, _ = tiny_data
     torch.manual_seed(0)
     model = CharRNN(ModelSpec(vocab.size, 8, 16, 2, 0.0, cell)).eval()
-    fast = generate(model, vocab, "The", 80, top_k=3, seed=11, gemv="torch")  # src.stepper's Stepper
-    monkeypatch.setattr("src.sample.STEPPER_BELOW", 0)  # every batch size on the fused torch call
+    fast = generate(model, vocab, "The", 80, top_k=3, seed=11, gemv="torch")  # src.generation.stepper's Stepper
+    monkeypatch.setattr("src.generation.sampling.STEPPER_BELOW", 0)  # every batch size on the fused torch call
     assert fast == generate(model, vocab, "The", 80, top_k=3, seed=11)
 
 
@@ -111,7 +112,7 @@ def test_a_checkpoint_from_before_cells_loads_as_an_lstm(tmp_path, tiny_data):
 def test_each_cell_is_served_by_the_mlflow_model(tmp_path, tiny_data, cell):
     import mlflow.pyfunc
 
-    from src import registry
+    from src.serving import registry
 
     vocab, _, _ = tiny_data
     torch.manual_seed(1)

@@ -4,10 +4,10 @@ import pickle
 import pytest
 import torch
 
-from src import checkpoint
-from src.errors import KarnnaError
-from src.model import CharRNN, ModelSpec
-from src.vocab import build_vocab
+from src.data.vocab import build_vocab
+from src.model import checkpoint
+from src.model.charrnn import CharRNN, ModelSpec
+from src.utils.errors import KarnnaError
 from tests.conftest import assert_no_temp_files
 
 

@@ -1,8 +1,15 @@
 import pytest
 import yaml
 
-from src.config import Config, TuneConfig, config_from_dict, section_from_dict, tune_config_from_dict, with_overrides
-from src.errors import KarnnaError
+from src.config.schema import (
+    Config,
+    TuneConfig,
+    config_from_dict,
+    section_from_dict,
+    tune_config_from_dict,
+    with_overrides,
+)
+from src.utils.errors import KarnnaError
 from tests.conftest import REPO
 
 

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from src import corpus
-from src.errors import KarnnaError
+from src.data import corpus
+from src.utils.errors import KarnnaError
 
 GUTENBERG = (
     "\ufeffThe Project Gutenberg eBook of Anna Karenina\r\n\r\nThis eBook is for the use of anyone...\r\n"

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 import torch
 
-from src import device
-from src.device import cpu_bf16_fails, cpu_has_fast_bf16, resolve_precision
-from src.errors import KarnnaError
+from src.training import device
+from src.training.device import cpu_bf16_fails, cpu_has_fast_bf16, resolve_precision
+from src.utils.errors import KarnnaError
 from tests.conftest import REPO
 
 # Allocate and free a 64 MiB tensor 30 times and count the page faults of the last nine. With the
@@ -30,7 +30,7 @@ _FAULTS = textwrap.dedent("""
         once()
     print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
-SET_UP = "import torch; from src.device import configure_process; applied = configure_process(1, torch.device({!r}))"
+SET_UP = "import torch; from src.training.device import configure_process; applied = configure_process(1, torch.device({!r}))"
 GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
 
@@ -57,7 +57,7 @@ X86 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="
 @X86
 def test_the_bf16_probe_finds_what_onednn_cannot_run_on_an_avx2_cpu():
     # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run as on an AVX2 CPU (a laptop): no bf16 LSTM there
-    code = "from src.device import cpu_bf16_fails as f; print(f('lstm') is not None, f('gru') is not None)"
+    code = "from src.training.device import cpu_bf16_fails as f; print(f('lstm') is not None, f('gru') is not None)"
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"], out.stderr

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import SeedLSTM, get_batches, one_hot
-from src import stepper as stepper_mod
-from src.device import cpu_has_fast_bf16
-from src.model import CharRNN, ModelSpec, dropout_mask
-from src.sample import STEPPER_BELOW, Stepper, generate, stream
-from src.vocab import build_vocab
+from src.data.vocab import build_vocab
+from src.generation import stepper as stepper_mod
+from src.generation.sampling import STEPPER_BELOW, Stepper, generate, stream
+from src.model.charrnn import CharRNN, ModelSpec, dropout_mask
+from src.training.device import cpu_has_fast_bf16
 from tests.conftest import TINY_TEXT
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -196,7 +196,7 @@ def test_a_seed_draws_the_plain_loops_text_where_int8_is_fastest(monkeypatch):
 def test_sample_stage_writes_the_plain_loops_text_where_int8_is_fastest(monkeypatch, tmp_path, capsys):
     """The DVC-tracked sample (sample.seed) is the same text on a rerun, whichever path a timing favours."""
     import pipeline.sample as sample_stage
-    from src.config import config_from_dict
+    from src.config.schema import config_from_dict
 
     monkeypatch.setattr(stepper_mod, "_CHOSEN", {})
     monkeypatch.setattr(stepper_mod, "time_paths", _int8_times_fastest)
@@ -206,7 +206,7 @@ def test_sample_stage_writes_the_plain_loops_text_where_int8_is_fastest(monkeypa
     monkeypatch.setattr(sample_stage, "load_config", lambda: cfg)
     monkeypatch.setattr(sample_stage.checkpoint, "load", lambda *_: (model, vocab, {}))
     monkeypatch.setattr(sample_stage, "SAMPLES", tmp_path)
-    monkeypatch.setattr(sample_stage.tracking, "log_to_run", lambda *a, **k: None)
+    monkeypatch.setattr(sample_stage.runs, "log_to_run", lambda *a, **k: None)
     assert sample_stage.main() == 0
     assert (tmp_path / "sample.txt").read_text() == _plain_generate(model, vocab, "The", 1000, 4, 3, 1)[0] + "\n"
     assert capsys.readouterr().out == (tmp_path / "sample.txt").read_text()  # printed as drawn: the same text

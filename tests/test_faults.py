@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import checkpoint
+from src.model import checkpoint
+from src.tuning.storage import storage_for
 from tests.conftest import _env, write_params
 
 
@@ -224,12 +225,12 @@ def test_a_full_disk_mid_training_is_one_line_and_keeps_the_checkpoints(stage_re
 def test_a_tracking_store_on_a_full_disk_is_one_line_naming_the_store(stage_repo, small_disk):
     if small_disk is None:
         pytest.skip("needs a filesystem of its own to fill (mount); SQLite writes past Python's open()")
-    from src import mlflow_store
+    from src.tracking import store
 
     prepare_data(stage_repo)
     uri = f"sqlite:///{small_disk / 'mlflow.db'}"
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
-    mlflow_store.experiment_id(mlflow_store.connect(uri), uri, params["tracking"]["experiment"])  # the store exists
+    store.experiment_id(store.connect(uri), uri, params["tracking"]["experiment"])  # the store exists
     fill(small_disk)
     params["tracking"]["enabled"] = True
     write_params(stage_repo, params)
@@ -301,7 +302,6 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_a_tuning_and_its_worker_processes_in_one_line(stage_repo, tmp_path):
     import optuna
 
-    from src import tune
     from tests.test_tune import _tiny_repo_for_tune
 
     journal = stage_repo / "tune" / "journal.log"
@@ -321,7 +321,7 @@ def test_sigterm_stops_a_tuning_and_its_worker_processes_in_one_line(stage_repo,
         "--no-progress",
         env={"MLFLOW_TRACKING_URI": uri},
     )
-    storage = tune.storage_for(str(journal), stage_repo / "unused.log")
+    storage = storage_for(str(journal), stage_repo / "unused.log")
     deadline, running = time.monotonic() + 120, []
     while time.monotonic() < deadline and len(running) < 2:
         assert caller.poll() is None, caller.communicate()

@@ -7,8 +7,10 @@ import threading
 
 import torch
 
-from src.config import config_from_dict
-from src.train import TrainPaths, build_model, generators, train
+from src.config.schema import config_from_dict
+from src.training.loop import train
+from src.training.setup import build_model, generators
+from src.training.state import TrainPaths
 from tests.conftest import tiny_params
 
 

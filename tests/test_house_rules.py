@@ -1,6 +1,6 @@
 """The house rules (docs/DESIGN.md, "Where to make a change"): a function fits on a screen (80
-lines at most), a module of the library does one job (400 lines at most), and the MLflow modules
-are sinks that only they and the entry points reach."""
+lines at most), a module of the library does one job (400 lines at most), each package of src/
+imports only the packages below it, and MLflow stays behind the tracking and serving packages."""
 
 from __future__ import annotations
 
@@ -31,14 +31,14 @@ def test_no_function_is_longer_than_a_screen():
     found = [
         f"{folder}/{f}"
         for folder in CHECKED
-        for path in sorted((REPO / folder).glob("*.py"))
+        for path in sorted((REPO / folder).rglob("*.py"))
         for f in long_functions(path)
     ]
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines; split them: " + "; ".join(found)
 
 
 def test_no_library_module_is_over_400_lines():
-    sizes = {p.relative_to(REPO): len(p.read_text(encoding="utf-8").splitlines()) for p in (REPO / "src").glob("*.py")}
+    sizes = {p.relative_to(REPO): len(p.read_text(encoding="utf-8").splitlines()) for p in (REPO / "src").rglob("*.py")}
     over = {str(p): n for p, n in sorted(sizes.items()) if n > MAX_MODULE_LINES}
     assert not over, f"src modules over {MAX_MODULE_LINES} lines (one job each: split them): {over}"
 
@@ -51,17 +51,27 @@ def test_the_check_sees_a_long_function(tmp_path):
     assert [f.split()[1] for f in long_functions(path)] == ["f"]
 
 
-MLFLOW_MODULES = {
-    "src.tracking",
-    "src.tracking_wal",
-    "src.registry",
-    "src.serving",
-    "src.served_model",
-    "src.mlflow_store",
+# The packages of src/ and the packages each may import: a layered house, no cycles. The
+# entry points (src/<tool>.py, `python -m src.<tool>`) sit on top and may import any package.
+LAYERS = {
+    "utils": set(),
+    "config": {"utils"},
+    "data": {"utils"},
+    "model": {"data", "utils"},
+    "training": {"config", "data", "model", "utils"},
+    "generation": {"config", "data", "model", "utils"},
+    "tracking": {"config", "training", "utils"},
+    "serving": {"data", "generation", "model", "tracking", "utils"},
+    "tuning": {"config", "data", "model", "tracking", "training", "utils"},
 }
-# Entry points over the library that hand a reporter in (stages are in pipeline/, not checked here).
-# The tuner (a lost trial ends its run) and the command that sends what a stage kept offline.
-MLFLOW_USERS = {"src.tune", "src.study_storage", "src.tracking_sync"}
+# MLflow is imported only in these packages; elsewhere only these modules import them.
+MLFLOW_PACKAGES = {"src.tracking", "src.serving"}
+MLFLOW_USERS = {"src.tune", "src.tracking_sync", "src.tracking_server", "src.tuning.runner", "src.tuning.storage"}
+
+
+def module_name(path: Path, root: Path = REPO) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def imports_of(path: Path) -> set[str]:
@@ -76,14 +86,71 @@ def imports_of(path: Path) -> set[str]:
     return found
 
 
-def test_mlflow_stays_behind_its_modules():
-    """Only the MLflow modules import mlflow, and in src/ only they and the tuner (src.tune, src.study_storage)
-    imports them: the
-    training and model code never sit above a store."""
-    for path in sorted((REPO / "src").glob("*.py")):
-        name = f"src.{path.stem}"
+def layer_violations(root: Path = REPO) -> list[str]:
+    """`module imports src.pkg...` for each import of a package its own package may not use."""
+    found = []
+    for path in sorted((root / "src").rglob("*.py")):
+        name = module_name(path, root)
+        parts = name.split(".")
+        if len(parts) < 3 and not (root / "src" / parts[-1]).is_dir():
+            continue  # src/__init__.py and the entry points
+        own = parts[1]
+        allowed = LAYERS.get(own)
+        if allowed is None:
+            found.append(f"{name}: package src.{own} is not in LAYERS; add it with what it may import")
+            continue
+        for imported in sorted(imports_of(path)):
+            bits = imported.split(".")
+            if bits[0] == "src" and len(bits) > 1 and bits[1] in LAYERS and bits[1] != own and bits[1] not in allowed:
+                found.append(f"{name} imports {imported}")
+    return found
+
+
+def test_each_package_imports_only_the_packages_below_it():
+    found = layer_violations()
+    assert not found, "a package reaches above its layer (move the code or change LAYERS in docs too): " + "; ".join(
+        found
+    )
+
+
+def test_the_layers_have_no_cycle():
+    done: set[str] = set()
+
+    def visit(pkg: str, path: tuple[str, ...]) -> None:
+        assert pkg not in path, f"a cycle of packages: {' -> '.join(path + (pkg,))}"
+        if pkg not in done:
+            for below in LAYERS[pkg]:
+                visit(below, path + (pkg,))
+            done.add(pkg)
+
+    for pkg in LAYERS:
+        visit(pkg, ())
+
+
+def test_the_layer_check_sees_an_import_from_above(tmp_path):
+    for rel, text in {
+        "src/__init__.py": "",
+        "src/data/__init__.py": "",
+        "src/data/corpus.py": "def f():\n    from src.training import loop\n",
+        "src/data/vocab.py": "from src.utils import errors\n",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert layer_violations(tmp_path) == [
+        "src.data.corpus imports src.training",
+        "src.data.corpus imports src.training.loop",
+    ]
+
+
+def test_mlflow_stays_behind_its_packages():
+    """Only the tracking and serving packages import mlflow, and in src/ only the entry points and
+    the tuner import them: the training and model code never sit above a store."""
+    for path in sorted((REPO / "src").rglob("*.py")):
+        name = module_name(path)
         imported = imports_of(path)
-        if name not in MLFLOW_MODULES:
+        inside = any(name == p or name.startswith(p + ".") for p in MLFLOW_PACKAGES)
+        if not inside:
             assert not any(m == "mlflow" or m.startswith("mlflow.") for m in imported), f"{name} imports mlflow"
-        if name not in MLFLOW_MODULES | MLFLOW_USERS:
-            assert not imported & MLFLOW_MODULES, f"{name} imports {sorted(imported & MLFLOW_MODULES)}"
+        if not inside and name not in MLFLOW_USERS:
+            reached = {m for m in imported if any(m == p or m.startswith(p + ".") for p in MLFLOW_PACKAGES)}
+            assert not reached, f"{name} imports {sorted(reached)}"

@@ -3,11 +3,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from src import data
-from src.config import config_from_dict
-from src.model import CharRNN, ModelSpec, count_params, sizing_advice
-from src.train import TrainPaths, train
-from src.vocab import build_vocab
+from src.config.schema import config_from_dict
+from src.data.splits import split_ids
+from src.data.vocab import build_vocab
+from src.model.charrnn import CharRNN, ModelSpec, count_params, sizing_advice
+from src.training.loop import train
+from src.training.state import TrainPaths
 from tests.conftest import tiny_params
 
 
@@ -37,7 +38,7 @@ def test_initial_loss_is_about_ln_vocab_size():
 def test_overfits_a_tiny_text(tmp_path):
     text = "the quick brown fox jumps over the lazy dog. " * 20
     vocab = build_vocab(text, "lf")
-    split = data.split_ids(vocab.encode(text), 0.2, 0.0)
+    split = split_ids(vocab.encode(text), 0.2, 0.0)
     cfg = config_from_dict(tiny_params(train={"max_steps": 400, "eval_interval": 100, "epochs": 1000}))
     result = train(cfg, vocab, split.train, split.val, TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"), progress=False)
     # A repeated sentence is nearly deterministic: far below ln(vocab) (~3.3 nats).

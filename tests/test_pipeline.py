@@ -156,7 +156,9 @@ def test_evaluate_scores_in_fp32_whatever_the_training_shape_and_precision(stage
     import numpy as np
     import torch
 
-    from src import checkpoint, evaluate, fileio
+    from src.model import checkpoint
+    from src.training import evaluate
+    from src.utils import fileio
 
     params = yaml.safe_load((stage_repo / "params.yaml").read_text())
     params["train"].update({"precision": "bf16", "max_steps": 20})

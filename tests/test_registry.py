@@ -14,8 +14,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from src import data, registry
-from src.vocab import build_vocab
+from src.data.splits import split_ids
+from src.data.vocab import build_vocab
+from src.serving import registry
 from tests.conftest import _env, write_params
 from tests.test_tracking import corpus, register_checkpoint, run_training, tiny_config  # noqa: F401 (fixture)
 
@@ -59,7 +60,7 @@ def test_a_run_on_another_corpus_never_moves_the_champion(uri, corpus, tmp_path)
     easy = "ab" * 400
     vocab = build_vocab(easy, "lf")
     vocab.save(tmp_path / "vocab.json")
-    split = data.split_ids(vocab.encode(easy), 0.2, 0.0)
+    split = split_ids(vocab.encode(easy), 0.2, 0.0)
     other = (vocab, split.train, split.val, tmp_path / "vocab.json")
     _, _, trivial = run_training(cfg, uri, other, tmp_path / "easy", fingerprint="easy-data")
     assert trivial.score < novel.score / 2

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import checkpoint
-from src.config import config_from_dict
-from src.errors import KarnnaError
-from src.report import Reporter
-from src.train import TrainPaths, train
-from src.train_state import plan_resume
+from src.config.schema import config_from_dict
+from src.model import checkpoint
+from src.training.loop import train
+from src.training.report import Reporter
+from src.training.state import TrainPaths, plan_resume
+from src.utils.errors import KarnnaError
 from tests.conftest import Crash, CrashAt, _env, tiny_params, write_params
 
 
@@ -208,7 +208,7 @@ def test_kill_9_with_tracking_and_bf16_resumes_the_same_mlflow_run(stage_repo, t
 def test_what_was_logged_reaches_the_store_before_each_resumable_checkpoint(tmp_path, tiny_data, monkeypatch):
     """A run resumed from last.pt logs only the steps after it again, so at each last.pt write
     the reporter must already hold everything logged before (a SIGKILL may follow at once)."""
-    import src.train as train_module
+    import src.training.loop as train_module
 
     events = []
 

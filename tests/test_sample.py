@@ -9,12 +9,13 @@ import time
 import pytest
 import torch
 
-from src import checkpoint
-from src.errors import KarnnaError
-from src.model import CharRNN, ModelSpec
-from src.sample import generate, main
-from src.stepper import CHECK_EVERY
-from src.vocab import build_vocab
+from src.data.vocab import build_vocab
+from src.generation.sampling import generate
+from src.generation.stepper import CHECK_EVERY
+from src.model import checkpoint
+from src.model.charrnn import CharRNN, ModelSpec
+from src.sample import main
+from src.utils.errors import KarnnaError
 from tests.conftest import TINY_TEXT
 
 

@@ -9,8 +9,9 @@ import sys
 import optuna
 import pytest
 
-from src import tune
-from src.config import config_from_dict
+from src.config.schema import config_from_dict
+from src.tuning import runner
+from src.tuning.storage import storage_for
 from tests.conftest import _env, tiny_params
 from tests.test_tune import _run, _space, _tiny_repo_for_tune
 
@@ -18,7 +19,7 @@ from tests.test_tune import _run, _space, _tiny_repo_for_tune
 @pytest.fixture
 def study_data(tiny_data):
     vocab, tr, va = tiny_data
-    return tune.StudyData(vocab, tr, va)
+    return runner.StudyData(vocab, tr, va)
 
 
 def _tune(repo, n_trials: int = 2) -> subprocess.Popen:
@@ -32,7 +33,7 @@ def _finish(procs: list[subprocess.Popen]) -> None:
 
 
 def _drawn(repo) -> list[tuple]:
-    storage = tune.storage_for(str(repo / "tune" / "journal.log"), repo / "unused.log")
+    storage = storage_for(str(repo / "tune" / "journal.log"), repo / "unused.log")
     trials = optuna.load_study(study_name="w", storage=storage).trials
     assert all(t.state.is_finished() for t in trials)
     return [tuple(sorted(t.params.items())) for t in trials]
@@ -54,7 +55,7 @@ def test_a_single_process_study_is_reproducible_from_its_seed(tmp_path, study_da
     base = config_from_dict(tiny_params(model={"embedding_dim": 4}))
 
     def params(name: str, seed: int) -> list[dict]:
-        storage = tune.storage_for(None, tmp_path / f"{name}.log")
+        storage = storage_for(None, tmp_path / f"{name}.log")
         return [t.params for t in _run(base, _space(seed=seed), study_data, storage, n_trials=3).trials]
 
     first = params("a", 7)

@@ -24,14 +24,18 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from src import checkpoint, data, evaluate, registry, serving, tracking
-from src.config import config_from_dict
-from src.errors import KarnnaError
-from src.report import Reporter
-from src.sample import generate
-from src.train import TrainPaths, train
-from src.train_state import plan_resume
-from src.vocab import build_vocab
+from src.config.schema import config_from_dict
+from src.data.splits import split_ids
+from src.data.vocab import build_vocab
+from src.generation.sampling import generate
+from src.model import checkpoint
+from src.serving import pyfunc, registry
+from src.tracking import runs
+from src.training import evaluate
+from src.training.loop import train
+from src.training.report import Reporter
+from src.training.state import TrainPaths, plan_resume
+from src.utils.errors import KarnnaError
 from tests.conftest import TINY_TEXT, sh, tiny_params, write_params
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -57,7 +61,7 @@ def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("corpus")
     vocab = build_vocab(TINY_TEXT, "lf")
     vocab.save(folder / "vocab.json")
-    split = data.split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
+    split = split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
     return vocab, split.train, split.val, folder / "vocab.json"
 
 
@@ -69,7 +73,7 @@ def run_training(cfg, uri, corpus, workdir: Path, context=CONTEXT, fingerprint="
     paths = TrainPaths(best=workdir / "best.pt", last=workdir / "last.pt")
     params_file = workdir / "params.yaml"
     params_file.write_text("model:\n  lstm_size: 32\n")
-    with tracking.start_training_run(cfg, uri, context) as reporter:
+    with runs.start_training_run(cfg, uri, context) as reporter:
         result = train(cfg, vocab, train_ids, val_ids, paths, reporter=reporter, progress=False, log=lambda _: None)
         reporter.finish_training(result, best=paths.best, last=paths.last, vocab=vocab_file, params_file=params_file)
     if reporter.run_id is None:
@@ -231,24 +235,24 @@ def test_evaluate_and_sample_results_join_the_training_run(store, trained, tmp_p
     run_id, result, _ = trained
     report = tmp_path / "eval.json"
     report.write_text('{"val": {"loss": 2.5}}\n')
-    tracking.log_to_run(run_id, uri, metrics={"eval_val_loss": 2.5}, artifacts=[report], tags={"sample": "Far"}, step=7)
+    runs.log_to_run(run_id, uri, metrics={"eval_val_loss": 2.5}, artifacts=[report], tags={"sample": "Far"}, step=7)
     run = client_for(uri).get_run(run_id)
     assert run.data.metrics["eval_val_loss"] == 2.5
     assert run.data.tags["sample"] == "Far"
     assert "eval.json" in {a.path for a in client_for(uri).list_artifacts(run_id)}
-    tracking.log_to_run(None, uri, metrics={"ignored": 1.0})  # trained with tracking off: nothing
+    runs.log_to_run(None, uri, metrics={"ignored": 1.0})  # trained with tracking off: nothing
 
 
 def test_log_to_a_run_the_store_lacks_is_a_clear_error(store):
     uri, _ = store
     with pytest.raises(KarnnaError, match="not in .*MLFLOW_TRACKING_URI"):
-        tracking.log_to_run("0" * 32, uri, metrics={"x": 1.0})
+        runs.log_to_run("0" * 32, uri, metrics={"x": 1.0})
 
 
 def test_metrics_are_buffered_until_flush(store):
     uri, _ = store
     client = client_for(uri)
-    with tracking.start_training_run(tiny_config(), uri) as reporter:
+    with runs.start_training_run(tiny_config(), uri) as reporter:
         reporter.log_metrics({"train_loss": 3.0}, step=1)
         reporter.log_metrics({"train_loss": 2.0}, step=2)
         assert client.get_metric_history(reporter.run_id, "train_loss") == []
@@ -264,7 +268,7 @@ def test_metrics_are_buffered_until_flush(store):
 def test_an_exception_ends_the_run_failed_with_the_reason(store):
     uri, _ = store
     with pytest.raises(KarnnaError):
-        with tracking.start_training_run(tiny_config(), uri) as reporter:
+        with runs.start_training_run(tiny_config(), uri) as reporter:
             reporter.log_metrics({"train_loss": 3.0}, step=1)
             raise KarnnaError("training loss is nan at step 1")
     run = client_for(uri).get_run(reporter.run_id)
@@ -277,14 +281,14 @@ def test_a_resumed_training_continues_its_run(store):
     uri, _ = store
     client = client_for(uri)
     with pytest.raises(KarnnaError):
-        with tracking.start_training_run(tiny_config(), uri, CONTEXT) as first:
+        with runs.start_training_run(tiny_config(), uri, CONTEXT) as first:
             first.log_params({"n_params": 10})
             first.log_metrics({"train_loss": 3.0}, step=1)
             raise KarnnaError("interrupted")
     # log_interval may change across a resume; the run keeps the value it started with
     changed = tiny_config(train={"log_interval": 7})
     context = {**CONTEXT, "git_commit": "fedcba98"}
-    with tracking.start_training_run(changed, uri, context, resume_run_id=first.run_id) as second:
+    with runs.start_training_run(changed, uri, context, resume_run_id=first.run_id) as second:
         second.log_params({"n_params": 10})
         second.log_metrics({"train_loss": 2.0}, step=2)
     assert second.run_id == first.run_id
@@ -293,7 +297,7 @@ def test_a_resumed_training_continues_its_run(store):
     assert run.data.params["train.log_interval"] == "5" and run.data.params["git_commit"] == "0123abcd"
     assert [m.value for m in client.get_metric_history(first.run_id, "train_loss")] == [3.0, 2.0]
     # a run id this store does not have (another store, deleted): a new run
-    with tracking.start_training_run(tiny_config(), uri, resume_run_id="0" * 32) as third:
+    with runs.start_training_run(tiny_config(), uri, resume_run_id="0" * 32) as third:
         pass
     assert third.run_id != first.run_id
 
@@ -328,7 +332,7 @@ def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, 
     cfg = tiny_config(train={"checkpoint_interval": 5}, tracking={"model_name": "resume-model"})
     paths = TrainPaths(best=tmp_path / "best.pt", last=tmp_path / "last.pt")
     with pytest.raises(RuntimeError):
-        with tracking.start_training_run(cfg, uri) as reporter:
+        with runs.start_training_run(cfg, uri) as reporter:
             train(
                 cfg,
                 vocab,
@@ -341,7 +345,7 @@ def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, 
             )
     resume = plan_resume(cfg, train_ids, val_ids, paths, log=lambda _: None)
     assert resume is not None and resume["run_id"] == reporter.run_id
-    with tracking.start_training_run(cfg, uri, resume_run_id=resume["run_id"]) as again:
+    with runs.start_training_run(cfg, uri, resume_run_id=resume["run_id"]) as again:
         result = train(
             cfg, vocab, train_ids, val_ids, paths, reporter=again, resume=resume, progress=False, log=lambda _: None
         )
@@ -378,18 +382,18 @@ def test_unreachable_server_is_a_clear_error_before_training(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(KarnnaError, match=f"{uri} is unreachable"):
-        with tracking.start_training_run(tiny_config(), uri):
+        with runs.start_training_run(tiny_config(), uri):
             pytest.fail("training started")
     assert time.monotonic() - start < 10
     with pytest.raises(KarnnaError, match="does not exist"):
-        with tracking.start_training_run(tiny_config(), f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"):
+        with runs.start_training_run(tiny_config(), f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"):
             pytest.fail("training started")
 
 
 def test_the_experiment_is_tagged_for_model_training_even_when_made_elsewhere(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client_for(uri).create_experiment("made-by-hand")
-    with tracking.start_training_run(tiny_config(tracking={"experiment": "made-by-hand"}), uri):
+    with runs.start_training_run(tiny_config(tracking={"experiment": "made-by-hand"}), uri):
         pass
     tags = client_for(uri).get_experiment_by_name("made-by-hand").tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
@@ -398,8 +402,8 @@ def test_the_experiment_is_tagged_for_model_training_even_when_made_elsewhere(tm
 def test_dataset_inputs_name_a_url_source(store):
     uri, _ = store
     url = "https://www.gutenberg.org/cache/epub/1399/pg1399.txt"
-    info = tracking.DatasetInfo("pg1399-train", "0" * 32, url, "training", 123)
-    with tracking.start_training_run(tiny_config(), uri, datasets=[info]) as reporter:
+    info = runs.DatasetInfo("pg1399-train", "0" * 32, url, "training", 123)
+    with runs.start_training_run(tiny_config(), uri, datasets=[info]) as reporter:
         pass
     (given,) = client_for(uri).get_run(reporter.run_id).inputs.dataset_inputs
     assert (given.dataset.name, given.dataset.digest, given.dataset.source_type) == ("pg1399-train", "0" * 32, "http")
@@ -423,7 +427,7 @@ def test_champion_loads_by_alias_and_generates(store, trained, monkeypatch):
     ckpt = Path(MlflowClient(uri).download_artifacts(run_id, "checkpoints/best.pt"))
     lstm, vocab, _ = checkpoint.load(ckpt)
     assert texts[0] == generate(lstm, vocab, "Happy", 30, top_k=5, temperature=1.0, seed=7)[0]
-    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + serving.DEFAULT_LENGTH
+    assert len(model.predict({"prime": ["Far"]})[0]) == 3 + pyfunc.DEFAULT_LENGTH
     assert model.predict([{"prime": "Far", "length": 5, "seed": 1}]) == model.predict(
         {"prime": "Far", "length": 5, "seed": 1}
     )
@@ -498,7 +502,7 @@ def test_logs_to_a_tracking_server_over_http(mlflow_server, corpus):
     assert {k: str(v) for k, v in client.get_registered_model("http-model").aliases.items()} == {
         "champion": registration.version
     }
-    tracking.log_to_run(run_id, uri, metrics={"eval_val_loss": 1.5})
+    runs.log_to_run(run_id, uri, metrics={"eval_val_loss": 1.5})
     assert client.get_run(run_id).data.metrics["eval_val_loss"] == 1.5
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import tracking, tracking_wal
-from src.train import TrainPaths, train
-from src.train_state import plan_resume
+from src.tracking import runs, wal
+from src.training.loop import train
+from src.training.state import TrainPaths, plan_resume
 from tests.conftest import REPO, sh, write_params
 from tests.test_tracking import (  # noqa: F401 (corpus is a fixture)
     MLFLOW,
@@ -61,7 +61,7 @@ class Server:
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     # What the stages' main() sets: MLflow's client gives up on a dead server in seconds.
-    for name, value in tracking_wal.CLIENT_LIMITS.items():
+    for name, value in wal.CLIENT_LIMITS.items():
         monkeypatch.setenv(name, value)
     server = Server(tmp_path)
     server.start()
@@ -86,8 +86,8 @@ def train_run(cfg, uri, corpus, folder: Path, hooks=(), resume_run_id=None, resu
     vocab, train_ids, val_ids, vocab_file = corpus
     paths = TrainPaths(best=folder / "best.pt", last=folder / "last.pt")
     shown = {"say": say} if say else {}
-    with tracking.start_training_run(
-        cfg, uri, resume_run_id=resume_run_id, pending=folder / tracking_wal.FOLDER, **shown
+    with runs.start_training_run(
+        cfg, uri, resume_run_id=resume_run_id, pending=folder / wal.FOLDER, **shown
     ) as reporter:
         result = train(
             cfg, vocab, train_ids, val_ids, paths, reporter, False, lambda _: None, resume=resume, on_eval=hooks
@@ -112,26 +112,26 @@ def test_a_server_killed_and_restarted_mid_training_loses_nothing(server, corpus
     run_id = train_run(tiny_config(**OUTAGE), server.uri, corpus, tmp_path / "models", [outage], say=lines.append)
     assert len(lines) == 2 and AWAY in lines[0] and BACK in lines[1], lines
     assert_logged_once(server.uri, run_id, 30)
-    assert not (tmp_path / "models" / tracking_wal.FOLDER).exists()
+    assert not (tmp_path / "models" / wal.FOLDER).exists()
     # The replay's premise, on this REST server: a point sent again changes nothing.
     client = client_for(server.uri)
     point = client.get_metric_history(run_id, "val_loss")[0]
     record = {"run": run_id, "metrics": [[point.key, point.value, point.timestamp, point.step]]}
-    tracking_wal.send(client, record)
-    tracking_wal.send(client, record)
+    wal.send(client, record)
+    wal.send(client, record)
     assert len(client.get_metric_history(run_id, "val_loss")) == 3
 
 
 # The train stage as DVC runs it, with the server killed for good just after step 20's evaluation.
 KILL_SERVER_AT_20 = """
 import os, signal, sys
-import src.train
-validate = src.train.validate
+import src.training.loop
+validate = src.training.loop.validate
 def validate_then_kill(ctx, state):
     validate(ctx, state)
     if state.step == 20:
         os.killpg({pgid}, signal.SIGKILL)
-src.train.validate = validate_then_kill
+src.training.loop.validate = validate_then_kill
 from pipeline.train import main
 sys.exit(main())
 """
@@ -150,10 +150,10 @@ def test_a_server_gone_for_good_costs_no_training_and_sync_completes_the_run(ser
     server.proc.wait()
     assert trained.returncode == 0, trained.stderr[-3000:]
     lines = [line for line in trained.stderr.splitlines() if line.startswith("tracking:")]
-    assert len(lines) == 2 and AWAY in lines[0] and tracking_wal.SYNC_COMMAND in lines[1], trained.stderr
+    assert len(lines) == 2 and AWAY in lines[0] and wal.SYNC_COMMAND in lines[1], trained.stderr
     for output in ("models/best.pt", "models/last.pt", "metrics/train.json", "plots/train_loss.csv"):
         assert (stage_repo / output).is_file(), output
-    pending = stage_repo / "models" / tracking_wal.FOLDER / "log.jsonl"
+    pending = stage_repo / "models" / wal.FOLDER / "log.jsonl"
     assert pending.is_file()
     # The next stage keeps its results there too, rather than failing.
     evaluated = sh(stage_repo, sys.executable, "-m", "pipeline.evaluate", check=False)
@@ -163,7 +163,7 @@ def test_a_server_gone_for_good_costs_no_training_and_sync_completes_the_run(ser
     # register needs the store: one line, and the file stays for later.
     refused = sh(stage_repo, sys.executable, "-m", "pipeline.register", check=False)
     assert refused.returncode == 2 and refused.stderr.startswith("error: tracking store"), refused.stderr
-    assert len(refused.stderr.splitlines()) == 1 and tracking_wal.SYNC_COMMAND in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and wal.SYNC_COMMAND in refused.stderr
     kept = pending.read_bytes()
 
     server.start()
@@ -189,14 +189,14 @@ def test_a_server_gone_for_good_costs_no_training_and_sync_completes_the_run(ser
 KILLED_TRAINING = """
 import os, signal, sys
 from pathlib import Path
-from src import data
-from src.vocab import build_vocab
+from src.data import batches
+from src.data.vocab import build_vocab
 from tests.conftest import TINY_TEXT
 from tests.test_tracking import tiny_config
 from tests.test_tracking_outage import OUTAGE, train_run
 vocab = build_vocab(TINY_TEXT, "lf")
 vocab.save(Path("{folder}") / "vocab.json")
-split = data.split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
+split = split_ids(vocab.encode(TINY_TEXT), 0.2, 0.0)
 def outage(step, _):
     if step == 10:
         os.killpg({pgid}, signal.SIGKILL)
@@ -215,7 +215,7 @@ def test_a_training_killed_during_an_outage_resumes_into_the_same_run(server, co
     killed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     server.proc.wait()
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    kept = [json.loads(line) for line in (folder / tracking_wal.FOLDER / "log.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (folder / wal.FOLDER / "log.jsonl").read_text().splitlines()]
     assert {s for r in kept for _, _, _, s in r.get("metrics", [])} >= {12, 20}
 
     server.start()
@@ -226,23 +226,23 @@ def test_a_training_killed_during_an_outage_resumes_into_the_same_run(server, co
     run_id = train_run(cfg, server.uri, corpus, folder, resume_run_id=resume["run_id"], resume=resume)
     assert run_id == kept[0]["run"]
     assert_logged_once(server.uri, run_id, 30)
-    assert not (folder / tracking_wal.FOLDER).exists()
+    assert not (folder / wal.FOLDER).exists()
 
 
 def test_a_call_to_a_dead_server_fails_in_seconds_and_counts_as_an_outage(monkeypatch):
     """MLflow's own retries (7, backoff factor 2) take minutes; the stages' bounds, seconds."""
-    for name, value in tracking_wal.CLIENT_LIMITS.items():
+    for name, value in wal.CLIENT_LIMITS.items():
         monkeypatch.setenv(name, value)
     client = client_for(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     started = time.monotonic()
     with pytest.raises(Exception) as failed:
-        tracking_wal.send(client, {"run": "0" * 32, "tags": {"a": "b"}})
+        wal.send(client, {"run": "0" * 32, "tags": {"a": "b"}})
     assert time.monotonic() - started < 15
-    assert tracking_wal.is_outage(failed.value) and tracking_wal.reason(failed.value) == "Connection refused"
+    assert wal.is_outage(failed.value) and wal.reason(failed.value) == "Connection refused"
 
 
 def test_a_line_torn_by_a_crash_loses_no_later_record(tmp_path):
-    log = tracking_wal.WriteAheadLog(tmp_path / tracking_wal.FOLDER)
+    log = wal.WriteAheadLog(tmp_path / wal.FOLDER)
     log.append([{"run": "r", "tags": {"a": "1"}}])
     with open(log.file, "ab") as f:  # killed in the middle of an append: never fsynced, never relied on
         f.write(b'{"run": "r", "metr')
@@ -265,10 +265,10 @@ def test_a_kept_artifact_is_sent_as_it_was_when_kept(tmp_path):
     run = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri()))
     params = tmp_path / "params.yaml"
     params.write_text("model: {dropout: 0.25}\n")
-    folder = tmp_path / tracking_wal.FOLDER
-    tracking_wal.WriteAheadLog(folder).append([{"uri": uri, "run": run.info.run_id, "artifact": str(params)}])
+    folder = tmp_path / wal.FOLDER
+    wal.WriteAheadLog(folder).append([{"uri": uri, "run": run.info.run_id, "artifact": str(params)}])
     params.write_text("model: {dropout: 0.5}\n")  # the next experiment's params
-    assert tracking_wal.replay(folder, lambda line: None) == 1
+    assert wal.replay(folder, lambda line: None) == 1
     sent = client.download_artifacts(run.info.run_id, "params.yaml", str(tmp_path / "down"))
     assert Path(sent).read_text() == "model: {dropout: 0.25}\n"
     assert not folder.exists()  # the copy went with the record

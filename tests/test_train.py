@@ -3,9 +3,12 @@ import math
 import numpy as np
 import torch
 
-from src import checkpoint, evaluate
-from src.config import config_from_dict
-from src.train import TrainPaths, lr_factor, train
+from src.config.schema import config_from_dict
+from src.model import checkpoint
+from src.training import evaluate
+from src.training.loop import train
+from src.training.setup import lr_factor
+from src.training.state import TrainPaths
 from tests.conftest import assert_no_temp_files, tiny_params
 
 
@@ -49,7 +52,7 @@ def test_validation_score_does_not_depend_on_training_shape(tmp_path, tiny_data)
 
 
 def test_evaluation_does_not_touch_training_mode(tiny_data):
-    from src.model import CharRNN, ModelSpec
+    from src.model.charrnn import CharRNN, ModelSpec
 
     vocab, _, va = tiny_data
     model = CharRNN(ModelSpec(vocab.size, 4, 8, 1, 0.5)).train()
@@ -69,9 +72,9 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     """A NaN loss from step 16 on (injected into the real model's output) stops training."""
     import pytest
 
-    import src.build as build_module
-    from src.errors import KarnnaError
-    from src.model import CharRNN, ModelSpec
+    import src.training.setup as build_module
+    from src.model.charrnn import CharRNN, ModelSpec
+    from src.utils.errors import KarnnaError
 
     def poisoned_model(cfg, vocab, generator=None):
         model = CharRNN(
@@ -99,7 +102,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
 def test_a_tuners_eval_steps_and_prefix_scores(tmp_path, tiny_config, tiny_data, monkeypatch):
     """eval_steps replaces eval_interval (the last step always validates); with eval_chars the
     validations before the last score a prefix, are passed to the hooks, and never become the best."""
-    from src.report import Reporter
+    from src.training.report import Reporter
 
     vocab, tr, va = tiny_data
     seen, logged = [], []
@@ -109,7 +112,7 @@ def test_a_tuners_eval_steps_and_prefix_scores(tmp_path, tiny_config, tiny_data,
             if "val_chars_scored" in metrics:
                 logged.append((step, metrics["val_chars_scored"]))
 
-    import src.train as train_module
+    import src.training.loop as train_module
 
     best_saves, save = [], train_module.checkpoint.save
     monkeypatch.setattr(

@@ -12,11 +12,12 @@ import numpy as np
 import optuna
 import pytest
 
-from src import space as search
-from src import tune, tune_workers
-from src.config import TuneConfig, config_from_dict, section_from_dict, with_overrides
-from src.errors import KarnnaError
-from src.report import Reporter
+from src.config.schema import TuneConfig, config_from_dict, section_from_dict, with_overrides
+from src.training.report import Reporter
+from src.tuning import processes, results, runner
+from src.tuning import space as search
+from src.tuning.storage import storage_for
+from src.utils.errors import KarnnaError
 from tests.conftest import _env, tiny_params
 
 SMALL = {
@@ -44,7 +45,7 @@ def _space(**kw) -> TuneConfig:
 @pytest.fixture
 def study_data(tiny_data):
     vocab, tr, va = tiny_data
-    return tune.StudyData(vocab, tr, va)
+    return runner.StudyData(vocab, tr, va)
 
 
 @pytest.fixture
@@ -53,11 +54,11 @@ def base():
 
 
 def _run(base, space, study_data, storage, **kw):
-    return tune.run_study(base, space, study_data, storage, progress=False, log=lambda _: None, **kw)
+    return runner.run_study(base, space, study_data, storage, progress=False, log=lambda _: None, **kw)
 
 
 def test_three_trial_study(tmp_path, base, study_data):
-    storage = tune.storage_for(None, tmp_path / "journal.log")
+    storage = storage_for(None, tmp_path / "journal.log")
     study = _run(base, _space(), study_data, storage, n_trials=3)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
@@ -65,9 +66,9 @@ def test_three_trial_study(tmp_path, base, study_data):
         assert set(t.params) == {"model.lstm_size", "model.num_layers", "model.dropout"}
         assert t.user_attrs["n_params"] > 0 and t.user_attrs["params_per_char"] > 0
         assert len(t.intermediate_values) == 2  # one report per evaluation
-    best = tune.write_best(study, tmp_path / "best.yaml")
+    best = results.write_best(study, tmp_path / "best.yaml")
     assert best["command"].startswith("dvc exp run -S model.")
-    assert "complete" in tune.best_trials_table(study)
+    assert "complete" in results.best_trials_table(study)
 
 
 def test_trial_budget_is_in_characters_and_defaults_to_the_pipelines(base):
@@ -102,7 +103,7 @@ def test_one_table_drives_suggest_validation_and_the_enqueued_trials(tmp_path, b
     labels = search.enqueued(space, base, logs.append)
     # the seed recipe's 2x512 lies outside [8, 32]: said, not silently half-enqueued
     assert [label for label, _ in labels] == ["defaults"] and "seed recipe" in logs[0] and "512" in logs[0]
-    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=3)
+    study = _run(base, space, study_data, storage_for(None, tmp_path / "j.log"), n_trials=3)
     for t in study.trials:
         assert set(t.params) == set(table)
         assert isinstance(t.params["train.seq_len"], int) and 1.0e-3 <= t.params["train.lr"] <= 3.0e-2
@@ -148,7 +149,7 @@ def test_a_bad_table_entry_is_one_line(base, table, expected):
     ],
 )
 def test_bad_budgets_stop_before_any_trial(tmp_path, base, study_data, kw, expected):
-    storage = tune.storage_for(None, tmp_path / "j.log")
+    storage = storage_for(None, tmp_path / "j.log")
     with pytest.raises(KarnnaError, match=expected) as info:
         _run(base, _space(**kw), study_data, storage, n_trials=1)
     assert "\n" not in str(info.value)
@@ -156,7 +157,8 @@ def test_bad_budgets_stop_before_any_trial(tmp_path, base, study_data, kw, expec
 
 
 def test_intermediate_validations_score_a_prefix_and_the_last_the_whole_split(tmp_path, base, study_data):
-    from src.train import TrainPaths, train
+    from src.training.loop import train
+    from src.training.state import TrainPaths
 
     cfg = with_overrides(base, {"train.max_steps": 30, "model.dropout": 0.3})
     runs = {}
@@ -196,9 +198,10 @@ def test_intermediate_validations_score_a_prefix_and_the_last_the_whole_split(tm
 def test_a_prefix_score_never_becomes_the_best_checkpoint(tmp_path, base, study_data, monkeypatch):
     """Even when the prefix scores lower than the whole split (made sure of here by shifting
     whole-split scores up), the best checkpoint and best_val_loss are the whole split's."""
-    import src.train as train_module
-    from src import checkpoint
-    from src.train import TrainPaths, train
+    import src.training.loop as train_module
+    from src.model import checkpoint
+    from src.training.loop import train
+    from src.training.state import TrainPaths
 
     real = train_module.evaluate.stream_loss
     whole = len(study_data.val_ids)
@@ -239,7 +242,7 @@ def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, 
         pruner="halving",
         n_trials=9,
     )
-    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=9)
+    study = _run(base, space, study_data, storage_for(None, tmp_path / "journal.log"), n_trials=9)
     steps = search.trial_steps(base, 5760)
     rungs = search.ladder(steps, 3, 3)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
@@ -262,15 +265,15 @@ def test_successive_halving_finishes_only_the_best_at_the_full_budget(tmp_path, 
             ]
         )
         assert value > competing[max(0, len(competing) // 3 - 1)]
-    assert study.metric_names == [tune.METRIC_NAME]
+    assert study.metric_names == [runner.METRIC_NAME]
 
 
 def test_workers_split_the_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert tune_workers.default_jobs("cpu") == 8 and tune_workers.default_jobs("cuda") == 1
-    assert tune_workers.threads_per_trial(0, 1) == 0  # torch's default, every core
-    assert tune_workers.threads_per_trial(0, 2) == 4 and tune_workers.threads_per_trial(0, 16) == 1
-    assert tune_workers.threads_per_trial(3, 2) == 3  # train.num_threads wins
+    assert processes.default_jobs("cpu") == 8 and processes.default_jobs("cuda") == 1
+    assert processes.threads_per_trial(0, 1) == 0  # torch's default, every core
+    assert processes.threads_per_trial(0, 2) == 4 and processes.threads_per_trial(0, 16) == 1
+    assert processes.threads_per_trial(3, 2) == 3  # train.num_threads wins
 
 
 def test_seed_recipe_and_defaults_come_first_once(tmp_path, base, study_data):
@@ -280,13 +283,13 @@ def test_seed_recipe_and_defaults_come_first_once(tmp_path, base, study_data):
         "model.dropout": {"low": 0.0, "high": 0.8},
     }
     space = _space(space=table, enqueue=["seed_recipe", "defaults"], budget_chars=200)
-    storage = tune.storage_for(None, tmp_path / "journal.log")
+    storage = storage_for(None, tmp_path / "journal.log")
     study = _run(base, space, study_data, storage, n_trials=2)
     seed, defaults = study.trials[:2]
     assert seed.params == {"model.lstm_size": 512, "model.num_layers": 2, "model.dropout": 0.5}
     assert seed.user_attrs["enqueued"] == "seed_recipe"
     assert defaults.params == {"model.lstm_size": 32, "model.num_layers": 2, "model.dropout": 0.0}  # tiny base's
-    assert "(seed recipe)" in tune.best_trials_table(study) and "(defaults)" in tune.best_trials_table(study)
+    assert "(seed recipe)" in results.best_trials_table(study) and "(defaults)" in results.best_trials_table(study)
     # Resume: the same command adds trials and keeps the old ones; nothing is enqueued again.
     study = _run(base, space, study_data, storage, n_trials=1)
     assert len(study.trials) == 3 and sum(bool(t.user_attrs.get("enqueued")) for t in study.trials) == 2
@@ -300,7 +303,7 @@ def test_the_table_marks_a_pruned_trials_value():
         trial.set_user_attr("enqueued", "seed_recipe")
         trial.report(2.5, 1)
         study.tell(trial, 1.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-    rows = tune.best_trials_table(study).splitlines()
+    rows = results.best_trials_table(study).splitlines()
     assert "2.5000*" in next(r for r in rows if "pruned" in r)
     assert "1.5000 " in next(r for r in rows if "complete" in r and "trials:" not in r)
 
@@ -326,7 +329,8 @@ def test_pruners_on_a_synthetic_objective():
 
 
 def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_data):
-    from src.train import TrainPaths, train
+    from src.training.loop import train
+    from src.training.state import TrainPaths
 
     space = _space(
         space={
@@ -342,7 +346,7 @@ def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_d
     params = search.suggest(trial, space, base)
     steps = search.trial_steps(base, 4000)
     rungs = search.ladder(steps, 3, 3)
-    pruning = tune.PruneOnEval(trial, rungs)
+    pruning = runner.PruneOnEval(trial, rungs)
     with pytest.raises(optuna.TrialPruned, match="pruned at step"):
         train(
             search.trial_config(base, params, steps),
@@ -363,7 +367,8 @@ def test_pruned_training_trial_stops_and_keeps_its_curve(tmp_path, base, study_d
 
 def test_the_last_validation_is_never_pruned(tmp_path, base, study_data):
     """The top rung is the trial's value: even a pruner that would stop everything lets it finish."""
-    from src.train import TrainPaths, train
+    from src.training.loop import train
+    from src.training.state import TrainPaths
 
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
     space = _space()
@@ -376,7 +381,7 @@ def test_the_last_validation_is_never_pruned(tmp_path, base, study_data):
         study_data.train_ids,
         study_data.val_ids,
         TrainPaths(tmp_path / "b.pt", tmp_path / "l.pt"),
-        on_eval=[tune.PruneOnEval(trial, rungs)],
+        on_eval=[runner.PruneOnEval(trial, rungs)],
         progress=False,
         log=lambda _: None,
         eval_steps=rungs,
@@ -389,13 +394,13 @@ def test_param_cap_skips_oversized_models(tmp_path, base, study_data):
         space={**SMALL, "model.lstm_size": {"choices": [64]}, "model.num_layers": {"choices": [2]}},
         max_params_per_char=0.01,
     )
-    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=1)
+    study = _run(base, space, study_data, storage_for(None, tmp_path / "j.log"), n_trials=1)
     (t,) = study.trials
     assert t.state == optuna.trial.TrialState.PRUNED and t.user_attrs["skipped"].startswith("skipped:")
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_data, monkeypatch):
-    import src.build as build_module
+    import src.training.setup as build_module
 
     original = build_module.build_model
 
@@ -406,7 +411,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_d
         return model
 
     monkeypatch.setattr(build_module, "build_model", sometimes_broken)
-    study = _run(base, _space(), study_data, tune.storage_for(None, tmp_path / "j.log"), n_trials=6)
+    study = _run(base, _space(), study_data, storage_for(None, tmp_path / "j.log"), n_trials=6)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert failed and complete and len(study.trials) == 6
@@ -414,12 +419,12 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, base, study_d
 
 
 def test_storage_errors_are_clear(tmp_path):
-    from src.errors import KarnnaError
+    from src.utils.errors import KarnnaError
 
     with pytest.raises(KarnnaError, match="expected postgresql://"):
-        tune.storage_for("redis://x", tmp_path / "j.log")
+        storage_for("redis://x", tmp_path / "j.log")
     with pytest.raises(KarnnaError, match=r"cannot open the study storage postgresql://u:\*\*\*@127.0.0.1:1/db"):
-        tune.storage_for("postgresql://u:secret@127.0.0.1:1/db", tmp_path / "j.log")
+        storage_for("postgresql://u:secret@127.0.0.1:1/db", tmp_path / "j.log")
 
 
 def _tiny_repo_for_tune(stage_repo, storage: str, **tune_keys):
@@ -511,7 +516,7 @@ def test_two_worker_processes_share_one_storage(stage_repo):
     ]
     outs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), outs
-    storage = tune.storage_for(str(stage_repo / "tune" / "journal.log"), stage_repo / "unused.log")
+    storage = storage_for(str(stage_repo / "tune" / "journal.log"), stage_repo / "unused.log")
     study = optuna.load_study(study_name="w", storage=storage)
     numbers = [t.number for t in study.trials]
     assert len(numbers) == 6 and sorted(numbers) == list(range(6))  # none lost, none run twice
@@ -545,15 +550,15 @@ def test_postgresql_storage(stage_repo):
 def test_mlflow_parent_and_child_runs(tmp_path, study_data):
     from mlflow.tracking import MlflowClient
 
-    from src import tracking
+    from src.tracking import trials
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = config_from_dict(tiny_params(model={"embedding_dim": 4}, tracking={"enabled": True, "experiment": "tune-t"}))
-    storage = tune.storage_for(None, tmp_path / "journal.log")
+    storage = storage_for(None, tmp_path / "journal.log")
     study = _run(base, _space(), study_data, storage, n_trials=4, n_jobs=2, tracking_uri=uri)
-    parent_id = study.user_attrs[tracking.STUDY_RUN_ATTR]
-    figures = tune.study_figures(study, tmp_path / "figs")
-    tracking.finish_study_run(base, uri, parent_id, {"best_val_loss": study.best_value}, figures, [])
+    parent_id = study.user_attrs[trials.STUDY_RUN_ATTR]
+    figures = runner.study_figures(study, tmp_path / "figs")
+    trials.finish_study_run(base, uri, parent_id, {"best_val_loss": study.best_value}, figures, [])
 
     client = MlflowClient(uri)
     parent = client.get_run(parent_id)
@@ -573,7 +578,7 @@ def test_mlflow_parent_and_child_runs(tmp_path, study_data):
     assert "optuna/optimization_history.png" in names
     # Resuming the study reuses the same parent run.
     study = _run(base, _space(), study_data, storage, n_trials=1, tracking_uri=uri)
-    assert study.user_attrs[tracking.STUDY_RUN_ATTR] == parent_id
+    assert study.user_attrs[trials.STUDY_RUN_ATTR] == parent_id
 
 
 def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_data):
@@ -590,7 +595,7 @@ def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_da
         n_trials=10,
         pruner="median",
     )
-    study = _run(base, space, study_data, tune.storage_for(None, tmp_path / "journal.log"), n_trials=10)
+    study = _run(base, space, study_data, storage_for(None, tmp_path / "journal.log"), n_trials=10)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert pruned and len(complete) >= 3
@@ -605,9 +610,9 @@ def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_da
 
 def test_n_trials_are_split_between_the_worker_processes_and_each_gets_its_own_command_line():
 
-    assert tune_workers.split_trials(5, 2) == [3, 2] and tune_workers.split_trials(1, 2) == [1, 0]
-    assert tune_workers.split_trials(None, 3) == [None, None, None]
-    cmd = tune_workers.worker_command(["--n-jobs", "2", "--timeout", "60", "--n-trials=9", "--no-progress"], 2, 4)
+    assert processes.split_trials(5, 2) == [3, 2] and processes.split_trials(1, 2) == [1, 0]
+    assert processes.split_trials(None, 3) == [None, None, None]
+    cmd = processes.worker_command(["--n-jobs", "2", "--timeout", "60", "--n-trials=9", "--no-progress"], 2, 4)
     assert cmd[1:3] == ["-m", "src.tune"]
     assert cmd[3:] == [
         "--timeout",
@@ -633,7 +638,7 @@ def test_n_jobs_runs_worker_processes_on_one_study_and_they_die_with_the_caller(
     import time
 
     _tiny_repo_for_tune(stage_repo, str(stage_repo / "tune" / "journal.log"), pruner="none")
-    storage = tune.storage_for(str(stage_repo / "tune" / "journal.log"), stage_repo / "unused.log")
+    storage = storage_for(str(stage_repo / "tune" / "journal.log"), stage_repo / "unused.log")
     cmd = [sys.executable, "-m", "src.tune", "--n-jobs", "2", "--no-progress"]
     proc = subprocess.run([*cmd, "--n-trials", "4"], cwd=stage_repo, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

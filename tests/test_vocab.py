@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from src import corpus
-from src.errors import KarnnaError
-from src.vocab import PRIME_PARAM, Vocab, build_vocab
+from src.data import corpus
+from src.data.vocab import PRIME_PARAM, Vocab, build_vocab
+from src.utils.errors import KarnnaError
 from tests.conftest import TINY_TEXT
 
 

@@ -1,0 +1,110 @@
+"""Finding, fetching and reading the corpus.
+
+The novel is never committed. Order of search when params.yaml's data.path is null:
+``../shared/data/anna.txt`` beside the checkout (this environment), else a download from
+Project Gutenberg (ebook 1399) with its licence header and footer stripped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from src.utils.errors import KarnnaError
+
+# The copy of the novel that lies beside the checkout in this environment; it is the text of
+# the original "Anna KaRNNa" notebook (no Gutenberg header, CRLF newlines).
+SHARED_CORPUS = Path("..") / "shared" / "data" / "anna.txt"
+SHARED_CORPUS_SHA256 = "568bb39fc78aca98e9db91c4329dcd1aa5ec4c3df3aca2064ce5d6f023ae16c9"
+
+_START = "*** START OF"
+_END = "*** END OF"
+
+
+def locate(path: Optional[str], repo_root: Path) -> Optional[Path]:
+    """The corpus file to use, or None when it must be fetched.
+
+    A user-given path is relative to the repo root; it must exist.
+    """
+    if path is not None:
+        p = Path(path)
+        p = p if p.is_absolute() else repo_root / p
+        if not p.is_file():
+            raise KarnnaError(
+                f"params.yaml: data.path: {path!r} does not exist (looked at {p}); "
+                "put your UTF-8 text there or set data.path: null to use the novel"
+            )
+        return p
+    shared = repo_root / SHARED_CORPUS
+    return shared if shared.is_file() else None
+
+
+def strip_gutenberg(text: str) -> str:
+    """Drop Project Gutenberg's licence header and footer, keeping the book between the markers."""
+    start = text.find(_START)
+    end = text.find(_END)
+    if start < 0 or end < 0 or end < start:
+        raise KarnnaError(
+            "the downloaded file has no '*** START OF ... ***' / '*** END OF ... ***' markers: "
+            "it is not a Project Gutenberg plain-text ebook; check params.yaml data.url"
+        )
+    body_start = text.find("\n", start) + 1
+    return text[body_start:end].strip("\r\n") + "\n"
+
+
+def download(url: str, timeout: float = 60.0) -> bytes:
+    """Fetch the ebook; a failure says where to put the file by hand instead."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise KarnnaError(
+            f"no corpus found and the download from {url} failed ({exc}); put a UTF-8 text at "
+            f"{SHARED_CORPUS} beside the repo, or set data.path in params.yaml to your own file"
+        ) from None
+
+
+def fetch(url: str) -> bytes:
+    """Download a Gutenberg plain-text ebook and return the book's bytes (UTF-8, licence stripped)."""
+    raw = download(url)
+    text = decode_utf8(raw, url)
+    return strip_gutenberg(text.lstrip("\ufeff")).encode("utf-8")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_sha256(data: bytes, expected: Optional[str], source: str) -> None:
+    if expected is None:
+        return
+    actual = sha256(data)
+    if actual != expected.lower():
+        raise KarnnaError(
+            f"{source}: SHA-256 is {actual}, params.yaml data.sha256 expects {expected}; "
+            "the file changed or is another edition: fix the file or update data.sha256"
+        )
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """Decode, naming the byte offset of the first invalid sequence."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KarnnaError(
+            f"{source}: not UTF-8 at byte offset {exc.start} (byte 0x{data[exc.start]:02x}); "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def normalise_newlines(text: str, policy: str) -> str:
+    """'lf': CRLF and lone CR become LF (the seed's CRLF novel otherwise adds a useless '\\r');
+    'keep': unchanged."""
+    if policy == "lf":
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    if policy == "keep":
+        return text
+    raise KarnnaError(f"params.yaml: data.newline: {policy!r} is not one of 'lf' | 'keep'")

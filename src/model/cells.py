@@ -1,0 +1,87 @@
+"""The recurrent cells a model can use (`model.cell`): LSTM, GRU and the plain tanh RNN.
+
+Everything that differs between cells lives here, one `Cell` each: the torch module, the
+one-layer function the CPU dropout path calls, how many state tensors the cell carries (an LSTM
+two, (h, c); the others one) and one step of one layer for the sampling stepper. Adding a cell
+is one entry in CELLS (and its name in src.config.schema's ModelConfig.cell). Gate layouts are torch's:
+LSTM (input, forget, cell, output), GRU (reset, update, new).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# A layer's state for one character: (h, c) for an LSTM, (h,) otherwise; each (N, H).
+LayerState = tuple[torch.Tensor, ...]
+# (x (N, in), a weight (out, in) prepared by the sampler) -> x @ w.T, a new (N, out) tensor
+Times = Callable[[torch.Tensor, Any], torch.Tensor]
+StepResult = tuple[torch.Tensor, LayerState]
+
+
+def _lstm_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
+    h, c = state
+    gates = times(h, w_hh).add_(xw)  # xw holds both biases
+    # One sigmoid over all four gates (the cell gate's share is wasted) and one tanh for the cell
+    # gate: at one character a step, each op's fixed cost outweighs its arithmetic.
+    i, f, _, o = gates.sigmoid().chunk(4, dim=1)
+    g = gates[:, 2 * h.size(1) : 3 * h.size(1)].tanh()
+    c = torch.addcmul(f * c, i, g)
+    h = o * c.tanh()
+    return h, (h, c)
+
+
+def _gru_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
+    (h,) = state
+    size = h.size(1)
+    gh = times(h, w_hh).add_(b_hh)  # the reset gate scales W_hn h + b_hn: b_hh stays apart
+    r, z = (xw[:, : 2 * size] + gh[:, : 2 * size]).sigmoid().chunk(2, dim=1)
+    n = torch.addcmul(xw[:, 2 * size :], r, gh[:, 2 * size :]).tanh()
+    h = torch.addcmul(n, z, h - n)  # (1 - z) * n + z * h
+    return h, (h,)
+
+
+def _rnn_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
+    (h,) = state
+    h = times(h, w_hh).add_(xw).tanh_()  # xw holds both biases
+    return h, (h,)
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    module: type[nn.RNNBase]  # nn.LSTM, nn.GRU, nn.RNN
+    layer: Callable  # torch.lstm / torch.gru / torch.rnn_tanh: one layer over a sequence
+    gates: int  # blocks of `lstm_size` rows in weight_ih / weight_hh
+    states: int  # state tensors carried: 2 for (h, c), else 1
+    # One character through one layer for the sampler: (input projection with its biases, the
+    # layer's state, W_hh as the sampler prepared it, b_hh, the sampler's matrix product).
+    step: Callable[[torch.Tensor, LayerState, Any, torch.Tensor, Times], StepResult]
+    # Whether b_hh is added with the input projection (it may be folded into the embedding
+    # table) or inside the step (the GRU's reset gate multiplies it).
+    fold_hidden_bias: bool = True
+
+    def run_layer(self, x: torch.Tensor, state: LayerState, weights: list[torch.Tensor], train: bool):
+        """One layer over x (T, N, in) from state ((1, N, H), ...); -> (output (T, N, H), new state)."""
+        # torch.<cell>(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        if self.states == 2:
+            out, h, c = self.layer(x, state, weights, True, 1, 0.0, train, False, False)
+            return out, (h, c)
+        out, h = self.layer(x, state[0], weights, True, 1, 0.0, train, False, False)
+        return out, (h,)
+
+
+CELLS: dict[str, Cell] = {
+    "lstm": Cell("lstm", nn.LSTM, torch.lstm, gates=4, states=2, step=_lstm_step),
+    "gru": Cell("gru", nn.GRU, torch.gru, gates=3, states=1, step=_gru_step, fold_hidden_bias=False),
+    "rnn": Cell("rnn", nn.RNN, torch.rnn_tanh, gates=1, states=1, step=_rnn_step),
+}
+
+
+def cell_of_weights(weight_ih_l0: torch.Tensor, hidden_size: int) -> str:
+    """Which cell a first-layer input weight belongs to, by its number of gate blocks."""
+    blocks = weight_ih_l0.size(0) // max(1, hidden_size)
+    return next((c.name for c in CELLS.values() if c.gates == blocks), f"unknown ({blocks} gate blocks)")

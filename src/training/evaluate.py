@@ -1,0 +1,54 @@
+"""Validation and test scores that do not depend on the training batch shape.
+
+The split is cut into `rows` contiguous rows (fixed by evaluate.rows, not train.batch_size),
+each read from a zero state in chunks of chunk_len with the state carried across chunks, so a
+score is the model's loss on the whole stream, comparable between runs with any batch_size or
+seq_len. Evaluation has its own hidden state and never touches the training state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from src.data import batches
+from src.model.charrnn import CharRNN
+from src.training.device import autocast
+
+LN2 = math.log(2.0)
+
+
+@torch.no_grad()
+def stream_loss(
+    model: CharRNN,
+    ids: torch.Tensor,
+    rows: int,
+    chunk_len: int,
+    amp_dtype: Optional[torch.dtype] = None,
+) -> float:
+    """Mean cross-entropy in nats per character over the whole of `ids` (1-D, on the model's device)."""
+    was_training = model.training
+    model.eval()
+    try:
+        # Fewer rows than asked for only when the split is tiny; depends on the data alone.
+        rows = max(1, min(rows, (len(ids) - 1) // 2))
+        grid = batches.batchify(ids, rows)
+        hidden = model.init_hidden(rows, ids.device)
+        total = torch.zeros((), dtype=torch.float64, device=ids.device)
+        count = 0
+        for x, y in batches.windows(grid, chunk_len):
+            with autocast(ids.device, amp_dtype):
+                logits, hidden = model(x, hidden)
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten().long(), reduction="sum").double()
+            count += y.numel()
+        return total.item() / count
+    finally:
+        model.train(was_training)
+
+
+def scores(loss_nats: float) -> dict[str, float]:
+    """Loss in nats, bits per character and perplexity."""
+    return {"loss": loss_nats, "bpc": loss_nats / LN2, "perplexity": math.exp(loss_nats)}

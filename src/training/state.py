@@ -1,0 +1,161 @@
+"""What a training carries from step to step, and how it is saved and resumed.
+
+`TrainState` holds it and converts it to a checkpoint payload and back (models/last.pt);
+`plan_resume` decides, per train.resume, whether a last.pt is continued: only when it is
+unfinished and was made with the same params and data (its fingerprint). docs/DESIGN.md,
+"Resume after a crash".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from src.config.schema import Config
+from src.model import checkpoint
+from src.model.charrnn import CharRNN, State, load_weights
+from src.utils.errors import KarnnaError
+
+# Params that change how often things are printed or saved, not the numbers a run produces.
+NOT_IN_FINGERPRINT = {"train.log_interval", "train.checkpoint_interval", "train.resume", "train.num_threads"}
+
+
+@dataclass
+class TrainPaths:
+    best: Path
+    last: Path
+
+
+def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed: the params that shape the numbers and
+    the data itself."""
+    fp = {
+        k: v
+        for k, v in cfg.flat().items()
+        if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
+    }
+    fp["rng"] = "per-training generators"  # resume states of older versions hold global RNG states
+    fp["data.train_sha256"] = hashlib.sha256(np.ascontiguousarray(train_ids).tobytes()).hexdigest()
+    fp["data.val_sha256"] = hashlib.sha256(np.ascontiguousarray(val_ids).tobytes()).hexdigest()
+    return fp
+
+
+def plan_resume(
+    cfg: Config,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    paths: TrainPaths,
+    log: Callable[[str], None] = print,
+) -> Optional[dict[str, Any]]:
+    """The checkpoint payload to resume from, or None to start fresh (per train.resume)."""
+    mode = cfg.train.resume
+    if mode == "never":
+        return None
+    if not paths.last.is_file():
+        if mode == "require":
+            raise KarnnaError(f"train.resume is 'require' but {paths.last} does not exist; set train.resume: auto")
+        return None
+    try:
+        payload = checkpoint.load_payload(paths.last)
+    except checkpoint.CorruptCheckpoint as exc:
+        if mode == "require":
+            raise KarnnaError(
+                f"{paths.last}: {exc.what}, nothing to resume; set train.resume: auto (it is then set aside "
+                "and training starts fresh) or restore it"
+            ) from None
+        log(f"warning: {paths.last}: {exc.what}; moved it to {set_aside(paths.last).name}, starting fresh")
+        return None
+    state = payload.get("resume")
+    if state is None or state["step"] >= state["total_steps"]:
+        if mode == "require":
+            raise KarnnaError(f"{paths.last} holds a finished run, nothing to resume; set train.resume: auto or never")
+        return None
+    expected = fingerprint(cfg, train_ids, val_ids)
+    changed = sorted(
+        k for k in set(expected) | set(state["fingerprint"]) if expected.get(k) != state["fingerprint"].get(k)
+    )
+    if changed:
+        what = ", ".join(f"{k}: {state['fingerprint'].get(k)!r} -> {expected.get(k)!r}" for k in changed[:4])
+        if mode == "require":
+            raise KarnnaError(
+                f"{paths.last} was made with other params or data ({what}); "
+                "set train.resume: never (or auto) to start over"
+            )
+        log(f"not resuming {paths.last}: it was made with other params or data ({what}); starting fresh")
+        return None
+    log(f"resuming from {paths.last} at step {state['step']} of {state['total_steps']}")
+    return payload
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of the way, kept for a look (never deleted); -> its new path."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.replace(aside)
+    return aside
+
+
+@dataclass
+class TrainState:
+    """Everything the next step depends on: weights, optimizer, schedule, the dropout generator's
+    state, the position in the data, the hidden state carried between windows, the best
+    validation loss, the histories and the MLflow run id. to_payload() is what models/last.pt
+    holds; load_payload() puts a payload back into a state built for the same params and data."""
+
+    model: CharRNN
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    fingerprint: dict[str, Any]
+    run_id: Optional[str] = None
+    step: int = 0
+    epoch: int = 0
+    window: int = 0  # the next window of the epoch
+    chars_seen: int = 0
+    hidden: Optional[State] = None  # None: zeros at the next window (an epoch start)
+    best_val: float = math.inf
+    best_step: int = 0
+    last_val: float = math.nan
+    train_history: list[tuple[int, float]] = field(default_factory=list)
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+
+    def to_payload(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint payload's extra keys (besides weights, spec and vocabulary)."""
+        resume = {
+            "fingerprint": self.fingerprint,
+            "total_steps": self.total_steps,
+            "step": self.step,
+            "epoch": self.epoch,
+            "window": self.window,
+            "chars_seen": self.chars_seen,
+            "hidden": None if self.hidden is None else [t.cpu() for t in self.hidden],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "rng": {"dropout": self.model.generator.get_state()},
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+            "train_history": [list(x) for x in self.train_history],
+            "val_history": [list(x) for x in self.val_history],
+        }
+        return {"run_id": self.run_id, "config": config, "val_loss": self.last_val, "resume": resume}
+
+    def load_payload(self, payload: dict[str, Any]) -> None:
+        """Restore from a checkpoint payload (plan_resume's); the run id stays this run's."""
+        r = payload["resume"]
+        device = self.model.head.weight.device
+        load_weights(self.model, checkpoint.state_dict(payload), "the checkpoint resumed from")
+        self.optimizer.load_state_dict(r["optimizer"])
+        self.schedule.load_state_dict(r["scheduler"])
+        self.model.generator.set_state(r["rng"]["dropout"])
+        self.step, self.epoch, self.window, self.chars_seen = r["step"], r["epoch"], r["window"], r["chars_seen"]
+        self.hidden = None if r["hidden"] is None else tuple(t.to(device) for t in r["hidden"])
+        self.best_val, self.best_step = r["best_val"], r["best_step"]
+        self.train_history = [tuple(x) for x in r["train_history"]]
+        self.val_history = [tuple(x) for x in r["val_history"]]
+        self.last_val = self.val_history[-1][1] if self.val_history else math.nan

@@ -1,0 +1,96 @@
+"""Where a study lives: an Optuna journal file on one machine, a database shared by workers on
+several; in a database, heartbeats mark a lost worker's trial failed and end its MLflow run, and
+a database that is briefly away is waited for (src/tuning/retry.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import optuna
+
+from src.tracking import trials
+from src.tuning.retry import PatientRDBStorage, StorageLost
+from src.utils.errors import KarnnaError
+from src.utils.errors import redact_url as _redact
+
+
+def storage_for(
+    url: Optional[str],
+    default_journal: Path,
+    heartbeat: int = 60,
+    on_lost: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
+    retry_s: float = 30.0,
+) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage: a URL as given (e.g. postgresql://...), or the journal file.
+
+    The journal file (not SQLite) is the default because SQLite's locking breaks under several
+    writer processes, while the journal appends with a file lock. In a database, each running
+    trial beats every `heartbeat` seconds; a trial silent for three beats (its worker was killed
+    or its machine lost) is marked FAIL by the next worker that starts a trial, which calls
+    `on_lost` for it. A database unreachable for up to `retry_s` seconds is waited for; longer,
+    and the call raises StorageLost."""
+    if retry_s < 0:
+        raise KarnnaError(f"--db-retry is {retry_s:g}; use 0 seconds or more")
+    if url:
+        if url.startswith(("postgresql", "mysql", "sqlite")):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return PatientRDBStorage(
+                        url,
+                        retry_s,
+                        heartbeat_interval=heartbeat,
+                        grace_period=3 * heartbeat,
+                        heartbeat_stale_trial_callback=on_lost,
+                    )
+            except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this URL"
+                raise KarnnaError(
+                    f"cannot open the study storage {_redact(url)}: {str(exc).splitlines()[0][:200]}; "
+                    "check the URL, that the server is running and reachable, and the driver (psycopg) is installed"
+                ) from None
+        if url.endswith(".log") or url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            return _journal(path)
+        raise KarnnaError(
+            f"--storage {url!r}: expected postgresql://, mysql://, sqlite:/// or a journal file ending in .log"
+        )
+    return _journal(default_journal)
+
+
+def _journal(path: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """Ends the MLflow run of a trial whose worker stopped beating: FAILED, with the reason."""
+
+    def on_lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        worker = trial.user_attrs.get("worker", "its worker")
+        trials.end_failed_run(
+            tracking_uri,
+            trial.user_attrs.get("mlflow_run_id"),
+            f"worker lost: no heartbeat from {worker}",
+            {"optuna.state": "FAIL"},
+        )
+        print(f"trial {trial.number}: marked failed, no heartbeat from {worker}", file=sys.stderr)
+
+    return on_lost
+
+
+@contextlib.contextmanager
+def run_failed_on_loss(tracking_uri: Optional[str], run_id: Optional[str]) -> Iterator[None]:
+    """The study's MLflow run ends FAILED, with the reason, when this worker loses the database
+    (a rerun reopens it); its trial's own run ends FAILED on the way out of the trial."""
+    try:
+        yield
+    except StorageLost as exc:
+        with contextlib.suppress(Exception):  # the tracking store may be on the same server
+            trials.end_failed_run(tracking_uri, run_id, str(exc))
+        raise
