@@ -94,12 +94,20 @@ def test_each_benchmark_script_answers_help(name, capsys):
     assert f"python -m benchmarks.{name}" in capsys.readouterr().out
 
 
-def test_peak_runs_on_tiny_shapes(capsys):
+@pytest.fixture
+def torch_threads():
+    """The scripts set torch's process-wide thread count, as their own processes may: put it back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_peak_runs_on_tiny_shapes(capsys, torch_threads):
     peak.main(["--threads", "1", "--seconds", "0.01", "--lstm-size", "32", "--batch", "4", "--seq-len", "4"])
     assert "| project | bf16 |" in capsys.readouterr().out
 
 
-def test_sample_speed_runs_a_tiny_round(capsys):
+def test_sample_speed_runs_a_tiny_round(capsys, torch_threads):
     argv = ["--rounds", "1", "--length", "10", "--ref-length", "5", "--batch", "2", "--batch-length", "5"]
     sample_speed.main(argv + ["--threads", "1"])
     assert "batch 1, a seed" in capsys.readouterr().out
