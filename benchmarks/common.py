@@ -68,7 +68,7 @@ def cpu_info() -> tuple[str, list[str]]:
 
 
 # The libraries' own switches that make this CPU run another CPU's instruction set (a lower one):
-# a run under them stands in for an older CPU on the same cores (docs/BENCHMARKS.md, "Per CPU family").
+# a run under them stands in for an older CPU on the same cores (docs/BENCHMARKS.md, "Instruction sets below the Zen 5's").
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OPENBLAS_CORETYPE")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -41,11 +42,11 @@ def walk(model, ids: torch.Tensor, path: str) -> tuple[torch.Tensor, float]:
     return logp.exp(), loss
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sample_precision", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=ROOT / "models" / "best.pt")
     p.add_argument("--chars", type=int, default=3000, help="validation characters walked (default: %(default)s)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     model, _, _ = checkpoint.load(args.model, torch.device("cpu"))
     model.eval()
     ids = torch.from_numpy(fileio.read_npy(ROOT / "data" / "split" / "val.npy")[: args.chars].astype("int64"))

@@ -1,9 +1,13 @@
-"""The benchmarks' arithmetic (the step's GEMM list, its roofline), the CPU description, and the
-training benchmarks' process set up as the train stage's."""
+"""The benchmarks' arithmetic (the step's GEMM list, its roofline), the CPU description, the
+training benchmarks' process set up as the train stage's, and a smoke run of every script."""
+
+import importlib
+from pathlib import Path
 
 import pytest
+import torch
 
-from benchmarks import common, handwritten_lstm, peak, profile_step, train_speed
+from benchmarks import common, encode_speed, gpu_check, peak, profile_step, sample_speed, train_speed
 from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
 from tests.test_device import GLIBC, faults
 
@@ -47,7 +51,7 @@ def test_machine_says_when_the_libraries_run_a_capped_instruction_set(monkeypatc
 
 @GLIBC
 def test_training_benchmarks_keep_freed_memory_as_the_train_stage_does():
-    # A step that faults its memory in again was what profile_step measured before 40eb892.
+    # With glibc's default, a profiled step books its page faults inside oneDNN (docs/BENCHMARKS.md).
     applied, kept = faults("from benchmarks.common import training_process; applied = training_process(1)[0]")
     assert applied == "True" and kept < 2_000, kept
     applied, default = faults("from benchmarks.common import training_process; applied = training_process(1, True)[0]")
@@ -58,7 +62,7 @@ class _SetUp(Exception):
     pass
 
 
-@pytest.mark.parametrize("bench", [peak, train_speed, profile_step, handwritten_lstm])
+@pytest.mark.parametrize("bench", [peak, train_speed, profile_step])
 def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monkeypatch):
     calls = []
 
@@ -71,3 +75,51 @@ def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monk
     with pytest.raises(_SetUp):
         bench.main(["--threads", "1"])
     assert calls == [(1, False)]
+
+
+# Every script in benchmarks/ that docs/BENCHMARKS.md runs: a new one gets its smoke test here.
+SCRIPTS = ("encode_speed", "gpu_check", "peak", "profile_step", "sample_precision", "sample_speed", "train_speed")
+
+
+def test_every_benchmark_script_is_smoke_tested():
+    found = {p.stem for p in Path(common.__file__).parent.glob("*.py") if "def main(" in p.read_text()}
+    assert found == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_each_benchmark_script_answers_help(name, capsys):
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"benchmarks.{name}").main(["--help"])
+    assert stop.value.code == 0
+    assert f"python -m benchmarks.{name}" in capsys.readouterr().out
+
+
+@pytest.fixture
+def torch_threads():
+    """The scripts set torch's process-wide thread count, as their own processes may: put it back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_peak_runs_on_tiny_shapes(capsys, torch_threads):
+    peak.main(["--threads", "1", "--seconds", "0.01", "--lstm-size", "32", "--batch", "4", "--seq-len", "4"])
+    assert "| project | bf16 |" in capsys.readouterr().out
+
+
+def test_sample_speed_runs_a_tiny_round(capsys, torch_threads):
+    argv = ["--rounds", "1", "--length", "10", "--ref-length", "5", "--batch", "2", "--batch-length", "5"]
+    sample_speed.main(argv + ["--threads", "1"])
+    assert "batch 1, a seed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
+def test_encode_speed_times_the_novel(capsys):
+    encode_speed.main(["--repeats", "1"])
+    assert "build_vocab" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU: the whole check would run")
+def test_gpu_check_says_in_one_line_that_there_is_no_gpu(capsys):
+    assert gpu_check.main([]) == 0
+    assert "sees no CUDA GPU here: nothing was checked" in capsys.readouterr().out

@@ -395,7 +395,7 @@ def test_dropout_mask_keeps_one_minus_p_and_preserves_the_mean():
 
 
 def test_cpu_dropout_path_drops_and_scales_like_f_dropout():
-    """Training-mode forward on CPU (our masks) against nn.LSTM's and F.dropout's, over 100 draws each:
+    """Training-mode forward on CPU (the model's own masks) against nn.LSTM's and F.dropout's, over 100 draws each:
     the same average (a missing 1 / (1 - p) moves it by ~18%) and the same spread (p = 0.3 or 0.6
     instead of 0.5 changes it by 35% and 23%)."""
     model = _model(vocab_size=30, dropout=0.5).train()

@@ -4,9 +4,9 @@ nn.LSTM (nn.GRU, nn.RNN) on CPU goes through oneDNN, which reorders the weights 
 layout on every call: for one character that costs far more than the arithmetic. The Stepper
 instead does a few matrix-vector products on weights prepared once, and the cell's own step
 (src.model.cells) on their results. Which library does those
-products fastest depends on the CPU: on the AMD EPYC of docs/BENCHMARKS.md numpy's OpenBLAS read
-a 2048 x 512 fp32 matrix in 25 us against 54 us for torch's MKL path, while on an Intel Xeon
-with AMX batch-1 sampling on the OpenBLAS path reached only 29% of its GEMV floor. So the path is
+products fastest depends on the CPU: on the AMD EPYC Zen 5 of docs/BENCHMARKS.md numpy's OpenBLAS
+reads a 2048 x 512 fp32 matrix in 25-35 us against 57-59 us for torch's MKL path (9aa2a62), while
+on an Intel Xeon with AMX batch-1 sampling on the OpenBLAS path reached 29% of its GEMV floor. So the path is
 not assumed: `choose_path` times every candidate on the model's own step when the first Stepper
 of a shape is built (about 70 ms for a 2 x 512 model, once per process) and keeps the fastest.
 
@@ -100,7 +100,7 @@ EXACT_PATHS = ("numpy", "numpy-1", "torch")  # fp32: the plain path's arithmetic
 # of numpy-1 and torch) only when faster by the tier's margin. bf16 and int8 by a little, so that
 # a near tie keeps fp32's arithmetic (generate() offers them only without a seed: they change a
 # seed's text). BLAS on several threads by as much over whatever was chosen, int8 included, so
-# that a near tie keeps one thread. (It took 1.3x until generation watched it: see THREADED.)
+# that a near tie keeps one thread; a collapse under load is THREADED's to catch.
 MARGIN_TIERS: tuple[tuple[tuple[str, ...], float], ...] = ((("bf16", "int8"), 1.1), (("numpy",), 1.1))
 NEEDS_MARGIN = tuple(p for tier, _ in MARGIN_TIERS for p in tier)
 # Paths on BLAS's own threads: the fastest on a quiet machine, but slower than one thread, up to
@@ -108,8 +108,8 @@ NEEDS_MARGIN = tuple(p for tier, _ in MARGIN_TIERS for p in tier)
 # them (src.sample), CHECK_EVERY characters at a time, and where a stretch ran slower per
 # character than SLOWER_THAN times the best one-thread path's measured step, demote() drops them
 # for the rest of the process: a collapse costs one stretch, not the rest of the text, and a
-# threaded path needs no extra margin to be taken. (Measuring again under load instead chose
-# worse: the spinning BLAS threads of the measurement itself slowed the one-thread paths it timed.)
+# threaded path needs no extra margin to be taken. (Measuring again under load chooses worse:
+# the measurement's own spinning BLAS threads slow the one-thread paths it times; docs/BENCHMARKS.md.)
 THREADED = ("numpy",)
 CHECK_EVERY = 64
 SLOWER_THAN = 1.5

@@ -8,7 +8,7 @@ the rest of the code creates with init_hidden, passes back, detaches and saves, 
 
 Dropout on CPU is drawn here rather than by the torch module / nn.Dropout: ATen's CPU
 `bernoulli_` falls back on non-Intel CPUs to a serial per-element generator, a large share of
-a training step (docs/BENCHMARKS.md, "Speed"). `dropout_mask` takes 16 random bits per element,
+a training step (docs/BENCHMARKS.md, "Precision and the training step"). `dropout_mask` takes 16 random bits per element,
 four elements per 64-bit draw, and compares them in vectorised code. CUDA keeps its fused dropout.
 """
 
@@ -38,7 +38,7 @@ class ModelSpec:
     lstm_size: int
     num_layers: int
     dropout: float
-    cell: str = "lstm"  # checkpoints from before cells existed are LSTMs
+    cell: str = "lstm"  # a checkpoint spec without a cell is an LSTM's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +56,7 @@ class CharRNN(nn.Module):
             spec.embedding_dim,
             spec.lstm_size,
             num_layers=spec.num_layers,
-            # Time-major inside: oneDNN and cuDNN run (T, B, H) natively; batch-first made them, and
+            # Time-major inside: oneDNN and cuDNN run (T, B, H) natively; batch-first would have them, and
             # the head's reshape, copy every activation and its gradient once more.
             batch_first=False,
             # The torch module applies this between layers only; the output gets its own dropout in forward.
@@ -107,7 +107,7 @@ class CharRNN(nn.Module):
         for n in range(self.spec.num_layers):
             state = tuple(s[n : n + 1] for s in hidden)
             x, state = self.cell.run_layer(x, state, self.layer_weights(n), self.training)
-            x = dropout(x, p, self.generator)  # between layers, and on the last layer's output as before
+            x = dropout(x, p, self.generator)  # between layers, and on the last layer's output
             layers.append(state)
         return x, tuple(torch.cat(parts) for parts in zip(*layers))
 

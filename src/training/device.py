@@ -75,7 +75,7 @@ def cpu_bf16_fails(cell: str = "lstm") -> Optional[str]:
 def resolve_precision(name: str, device: torch.device, cell: str = "lstm") -> Optional[torch.dtype]:
     """-> the autocast dtype, or None for plain fp32. On CPU, 'auto' is bf16 only where the CPU
     has bf16 instructions and torch runs the cell in bf16 there; an explicit 'bf16' that torch
-    cannot run is an error now rather than at the first training step."""
+    cannot run is an error here, before the first training step."""
     if name == "fp32":
         return None
     if device.type == "cpu" and (name == "bf16" or cpu_has_fast_bf16()):
@@ -112,8 +112,8 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves blocks from 128 KiB (rising to 32 MiB) with mmap and unmaps them at free,
     and trims freed memory off the top of the heap. A training step allocates and frees the same
-    activations, gates and gradients every time, so each step had the kernel fault in and zero
-    them again: a large share of a CPU step (docs/BENCHMARKS.md, "Speed"). The price: the process
+    activations, gates and gradients every time, so with the defaults each step has the kernel fault
+    in and zero them again: a large share of a CPU step (docs/BENCHMARKS.md, "Precision and the training step"). The price: the process
     keeps its peak memory (docs/DESIGN.md, "Freed memory on CPU"). Process-wide, like
     torch.set_num_threads. Returns whether it applied:
     False where the C library is not glibc (macOS, musl), which keeps its default.

@@ -41,7 +41,7 @@ def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict
         for k, v in cfg.flat().items()
         if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
     }
-    fp["rng"] = "per-training generators"  # resume states of older versions hold global RNG states
+    fp["rng"] = "per-training generators"  # a last.pt holding global RNG states lacks it: not resumed
     fp["data.train_sha256"] = hashlib.sha256(np.ascontiguousarray(train_ids).tobytes()).hexdigest()
     fp["data.val_sha256"] = hashlib.sha256(np.ascontiguousarray(val_ids).tobytes()).hexdigest()
     return fp
