@@ -91,6 +91,15 @@ CELLS: dict[str, Cell] = {
     "lstm": Cell("lstm", nn.LSTM, torch.lstm, gates=4, states=2, step=_lstm_step),
     "gru": Cell("gru", nn.GRU, torch.gru, gates=3, states=1, step=_gru_step, fold_hidden_bias=False),
     "rnn": Cell("rnn", nn.RNN, torch.rnn_tanh, gates=1, states=1, step=_elman_step(torch.Tensor.tanh_)),
+    "rnn_relu": Cell(
+        "rnn_relu",
+        nn.RNN,
+        torch.rnn_relu,
+        gates=1,
+        states=1,
+        step=_elman_step(torch.Tensor.relu_),
+        options={"nonlinearity": "relu"},
+    ),
 }
 
 
