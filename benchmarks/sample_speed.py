@@ -37,6 +37,7 @@ from benchmarks.reference import SeedLSTM, seed_sample
 from src.data.vocab import Vocab, build_vocab
 from src.generation.sampling import generate
 from src.generation.stepper import EXACT_PATHS, GEMV_PATHS, blas_threads, chosen, paths_for
+from src.model.cells import CELLS
 from src.model.charrnn import CharRNN, ModelSpec
 
 LSTM_SIZE, NUM_LAYERS, PRIME, TOP_K = 512, 2, "Far", 5
@@ -93,7 +94,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--threads", type=threads_arg, default="0", help="torch threads; 0: torch's default")
     p.add_argument(
         "--cell",
-        choices=["lstm", "gru", "rnn"],
+        choices=list(CELLS),
         default="lstm",
         help="the project's model.cell (the reference is the seed's LSTM); default: %(default)s",
     )

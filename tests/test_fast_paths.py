@@ -11,11 +11,10 @@ from benchmarks.reference import SeedLSTM, get_batches, one_hot
 from src.data.vocab import build_vocab
 from src.generation import stepper as stepper_mod
 from src.generation.sampling import STEPPER_BELOW, Stepper, generate, stream
+from src.model.cells import CELLS
 from src.model.charrnn import CharRNN, ModelSpec, dropout_mask
 from src.training.device import cpu_has_fast_bf16
 from tests.conftest import TINY_TEXT
-
-CELLS = ["lstm", "gru", "rnn"]
 
 
 def _model(vocab_size=20, layers=2, dropout=0.0, seed=0, cell="lstm", size=16):
@@ -66,7 +65,7 @@ def test_bf16_autocast_loss_and_gradients_follow_fp32():
     assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("path", list(stepper_mod.GEMV_PATHS))
 def test_stepper_gives_the_models_logits_step_by_step(path, cell):
     model = _model(layers=3, dropout=0.3, cell=cell, size=32).eval()  # 32: a width int8 fits
@@ -98,7 +97,7 @@ def _plain_generate(model, vocab, prime, length, top_k, seed, num_samples):
     return [prime + vocab.decode(row.tolist()) for row in torch.cat(out, 1)]
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_generate_draws_what_the_plain_loop_draws(cell):
     vocab = build_vocab(TINY_TEXT, "lf")
     model = _model(vocab.size, cell=cell).eval()
@@ -108,7 +107,7 @@ def test_generate_draws_what_the_plain_loop_draws(cell):
         )
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_stream_gives_the_plain_loops_text_stretch_by_stretch(cell):
     """The prime first, then each stretch as drawn; joined, the plain loop's text (and generate()'s),
     on both paths: the Stepper (batch 1) and the model's own fused call."""
@@ -124,7 +123,7 @@ def test_stream_gives_the_plain_loops_text_stretch_by_stretch(cell):
         assert texts == generate(model, vocab, "The", length, top_k=4, seed=seed, num_samples=n)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("path", stepper_mod.EXACT_PATHS)
 def test_every_fp32_gemv_path_draws_the_plain_loops_text(path, cell):
     vocab = build_vocab(TINY_TEXT, "lf")
@@ -355,7 +354,7 @@ def test_generate_leaves_the_thread_setting_as_it_was():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_layer_by_layer_is_the_torch_module(cell):
     """CPU training with dropout calls the cell one layer at a time; with p = 0 that is nn.LSTM's
     (nn.GRU's, nn.RNN's) result exactly, gradients included."""
@@ -363,10 +362,11 @@ def test_layer_by_layer_is_the_torch_module(cell):
     x = model.embed(torch.randint(0, 20, (7, 4), generator=torch.Generator().manual_seed(2)))  # (T, B, E)
     h0 = model.init_hidden(4)
     h0 = tuple(torch.randn(t.shape, generator=torch.Generator().manual_seed(3 + i)) for i, t in enumerate(h0))
-    fused, h = model.rnn(x, h0 if cell == "lstm" else h0[0])
+    two = CELLS[cell].states == 2  # the torch module takes and gives (h, c) as a pair, h alone
+    fused, h = model.rnn(x, h0 if two else h0[0])
     by_layer, h2 = model._by_layer(x, h0, 0.0)
     assert torch.equal(fused, by_layer)
-    assert all(torch.equal(a, b) for a, b in zip(h if cell == "lstm" else (h,), h2, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(h if two else (h,), h2, strict=True))
     grads = []
     for out in (fused, by_layer):
         model.zero_grad()

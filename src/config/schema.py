@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from src.config.messages import CrossField, kind_of, one_line
+from src.model.cells import CELLS
 from src.utils.errors import KarnnaError
 
 
@@ -38,6 +39,7 @@ class Section(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(ge=1, **_expect("a positive integer"))]
+CellName = Literal[tuple(CELLS)]  # the registry's names, in its order
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -72,8 +74,8 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
-    # The recurrent cell (src/model/cells.py): "lstm", "gru" or "rnn" (tanh), as in karpathy/char-rnn.
-    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    # The recurrent cell: one of the names in src/model/cells.py's CELLS.
+    cell: CellName = "lstm"
     embedding_dim: PositiveInt = 64
     lstm_size: PositiveInt = 512
     num_layers: PositiveInt = 2

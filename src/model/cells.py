@@ -1,16 +1,18 @@
-"""The recurrent cells a model can use (`model.cell`): LSTM, GRU and the plain tanh RNN.
+"""The recurrent cells a model can use (`model.cell`): one `Cell` entry each in CELLS.
 
-Everything that differs between cells lives here, one `Cell` each: the torch module, the
-one-layer function the CPU dropout path calls, how many state tensors the cell carries (an LSTM
-two, (h, c); the others one) and one step of one layer for the sampling stepper. Adding a cell
-is one entry in CELLS (and its name in src.config.schema's ModelConfig.cell). Gate layouts are torch's:
-LSTM (input, forget, cell, output), GRU (reset, update, new).
+Everything that differs between cells lives in its entry: the torch module and the arguments it
+is built with (its own initialisation comes with it), the one-layer function the CPU dropout path
+calls, the number of gate blocks in its weights, how many state tensors it carries (an LSTM two,
+(h, c); the others one) and one step of one layer for the sampling stepper. Everything else reads
+the entry: the params schema's choices for `model.cell`, the bf16 probe (src.training.device),
+the tests, which run every cell. Adding a cell is one entry. Gate layouts are torch's: LSTM
+(input, forget, cell, output), GRU (reset, update, new).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -44,10 +46,15 @@ def _gru_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor
     return h, (h,)
 
 
-def _rnn_step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
-    (h,) = state
-    h = times(h, w_hh).add_(xw).tanh_()  # xw holds both biases
-    return h, (h,)
+def _elman_step(activation: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., StepResult]:
+    """The plain RNN's step, h = activation(W_hh h + W_ih x + b), with an in-place activation."""
+
+    def step(xw: torch.Tensor, state: LayerState, w_hh: Any, b_hh: torch.Tensor, times: Times) -> StepResult:
+        (h,) = state
+        h = activation(times(h, w_hh).add_(xw))  # xw holds both biases
+        return h, (h,)
+
+    return step
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,12 @@ class Cell:
     # Whether b_hh is added with the input projection (it may be folded into the embedding
     # table) or inside the step (the GRU's reset gate multiplies it).
     fold_hidden_bias: bool = True
+    # Constructor arguments of `module` beyond the sizes, e.g. nn.RNN's nonlinearity.
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def build(self, input_size: int, hidden_size: int, **kwargs: Any) -> nn.RNNBase:
+        """The torch module of this cell, with the entry's own arguments."""
+        return self.module(input_size, hidden_size, **self.options, **kwargs)
 
     def run_layer(self, x: torch.Tensor, state: LayerState, weights: list[torch.Tensor], train: bool):
         """One layer over x (T, N, in) from state ((1, N, H), ...); -> (output (T, N, H), new state)."""
@@ -77,11 +90,19 @@ class Cell:
 CELLS: dict[str, Cell] = {
     "lstm": Cell("lstm", nn.LSTM, torch.lstm, gates=4, states=2, step=_lstm_step),
     "gru": Cell("gru", nn.GRU, torch.gru, gates=3, states=1, step=_gru_step, fold_hidden_bias=False),
-    "rnn": Cell("rnn", nn.RNN, torch.rnn_tanh, gates=1, states=1, step=_rnn_step),
+    "rnn": Cell("rnn", nn.RNN, torch.rnn_tanh, gates=1, states=1, step=_elman_step(torch.Tensor.tanh_)),
+    "rnn_relu": Cell(
+        "rnn_relu",
+        nn.RNN,
+        torch.rnn_relu,
+        gates=1,
+        states=1,
+        step=_elman_step(torch.Tensor.relu_),
+        options={"nonlinearity": "relu"},
+    ),
 }
 
 
-def cell_of_weights(weight_ih_l0: torch.Tensor, hidden_size: int) -> str:
-    """Which cell a first-layer input weight belongs to, by its number of gate blocks."""
-    blocks = weight_ih_l0.size(0) // max(1, hidden_size)
-    return next((c.name for c in CELLS.values() if c.gates == blocks), f"unknown ({blocks} gate blocks)")
+def cells_with_gates(gates: int) -> list[str]:
+    """The cells whose weights hold `gates` blocks of rows: the shapes alone cannot tell them apart."""
+    return [c.name for c in CELLS.values() if c.gates == gates]

@@ -1,6 +1,6 @@
 """The char-RNN: embedding -> num_layers x recurrent cell (lstm_size) -> dropout -> linear to the vocabulary.
 
-The cell is `model.cell` (src.model.cells: LSTM, GRU or tanh RNN); `lstm_size` keeps its name, the
+The cell is `model.cell` (an entry of src.model.cells.CELLS); `lstm_size` keeps its name, the
 user's word for the width. torch's nn.LSTM / nn.GRU / nn.RNN build each layer with its own weights
 (the seed reused one cell object for every layer, so all its layers shared weights) and take the
 fused cuDNN / oneDNN path. The recurrent state is the model's own business: `State` is a tuple
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.model.cells import CELLS, cell_of_weights
+from src.model.cells import CELLS, cells_with_gates
 from src.utils.errors import KarnnaError
 
 # The network's recurrent state: (h, c) for an LSTM, (h,) for a GRU or RNN; each (num_layers, batch, lstm_size).
@@ -52,7 +52,7 @@ class CharRNN(nn.Module):
         self.spec = spec
         self.cell = CELLS[spec.cell]
         self.embed = nn.Embedding(spec.vocab_size, spec.embedding_dim)
-        self.rnn = self.cell.module(
+        self.rnn = self.cell.build(
             spec.embedding_dim,
             spec.lstm_size,
             num_layers=spec.num_layers,
@@ -113,22 +113,35 @@ class CharRNN(nn.Module):
 
 
 def load_weights(model: CharRNN, state_dict: dict[str, torch.Tensor], where: str) -> None:
-    """model.load_state_dict, with a clear error when the weights are another cell's or size's."""
-    weight = state_dict.get("rnn.weight_ih_l0")
-    if weight is not None:
-        found = cell_of_weights(weight, model.spec.lstm_size)
-        if found != model.spec.cell:
-            raise KarnnaError(
-                f"{where}: holds the weights of a {found.upper()} network (model.cell: {found}), but the "
-                f"model to load them into has model.cell: {model.spec.cell}; set model.cell: {found} or retrain"
-            )
+    """model.load_state_dict into the model of the cell its spec names (a checkpoint's own
+    `model.cell`); weights that do not fit get an error, naming the cell they are from where the
+    number of gate blocks tells it."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise KarnnaError(
-            f"{where}: the weights do not fit the model ({str(exc).splitlines()[0][:160]}); "
-            "check model.* against the checkpoint, or retrain"
-        ) from None
+        raise KarnnaError(f"{where}: {_misfit(model, state_dict) or _does_not_fit(exc)}") from None
+
+
+def _does_not_fit(exc: Exception) -> str:
+    # torch's message is a header line ("Error(s) in loading state_dict ...") over one line per misfit
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    return f"the weights do not fit the model ({lines[min(1, len(lines) - 1)][:160]}); check model.* against the checkpoint, or retrain"
+
+
+def _misfit(model: CharRNN, state_dict: dict[str, torch.Tensor]) -> Optional[str]:
+    """What the first layer's W_hh, (gates x H, H) whatever H, says about weights of another cell."""
+    weight = state_dict.get("rnn.weight_hh_l0")
+    if weight is None or weight.dim() != 2 or weight.size(1) == 0:
+        return None
+    gates = weight.size(0) // weight.size(1)
+    names = cells_with_gates(gates)
+    if gates == model.cell.gates or not names:
+        return None
+    return (
+        f"holds the weights of a {' or '.join(n.upper() for n in names)} network (model.cell: {' or '.join(names)}), "
+        f"but the model to load them into has model.cell: {model.spec.cell}; "
+        f"set model.cell: {' or '.join(names)} or retrain"
+    )
 
 
 def dropout_mask(

@@ -63,7 +63,7 @@ def cpu_bf16_fails(cell: str = "lstm") -> Optional[str]:
     descriptor", while GRU and RNN run. A probe on a 4-wide layer, once per process and cell."""
     try:
         with torch.random.fork_rng(devices=[]):  # the probe's random weights leave the seeded stream alone
-            layer = CELLS[cell].module(4, 8)
+            layer = CELLS[cell].build(4, 8)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out, _ = layer(torch.randn(3, 2, 4))
             out.float().sum().backward()
