@@ -113,8 +113,8 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab
 
 
 def state_dict(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The payload's weights under today's names: checkpoints from before model.cell existed
-    (all LSTMs) named the recurrent layers `lstm.*`, now `rnn.*`."""
+    """The payload's weights under the names CharRNN gives them (`rnn.*`); a checkpoint whose
+    model spec has no `cell` is an LSTM's that names its recurrent layers `lstm.*`."""
     weights = payload["state_dict"]
     if "cell" in payload["model"]:
         return weights
