@@ -151,8 +151,8 @@ def test_fingerprint_names_the_scored_data_not_how_the_files_hold_it():
 
 
 def _old_fingerprint(corpus_text: str) -> str:
-    """The fingerprint as versions registered before it named the scored files were tagged: a
-    hash of the corpus and the params that cut the validation split."""
+    """The params-list fingerprint that versions registered by commit 26217f0 or earlier carry:
+    a hash of the corpus and of the params that cut the validation split."""
     facts = {
         "corpus_sha256": hashlib.sha256(corpus_text.encode()).hexdigest(),
         "newline": "lf",
@@ -234,5 +234,5 @@ def test_the_register_stage_fingerprints_the_scored_files(stage_repo, tmp_path, 
     edited = stages("corpus", "encode", "split", "evaluate", "register")
     assert edited["fingerprint"] not in (first["fingerprint"], moved["fingerprint"])
     assert edited["model_name"] == f"{name}-data-{edited['fingerprint']}"
-    # The model on the first data kept its two versions and its champion.
+    # The model on the first data kept its champion.
     assert aliases(store, name) == {"champion": "1" if first["score"] <= retrained["score"] else "2"}
