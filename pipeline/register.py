@@ -1,14 +1,14 @@
 """Stage register: the evaluated models/best.pt -> an MLflow model version; @champion moves only
-when its fp32 score beats the champion's on the same data (src.serving.registry). Writes
-models/registration.json, what it decided."""
+when its fp32 score beats the champion's on the same data (src.serving.registry), named by a
+fingerprint of the files the evaluate stage scored: data/split/{val,test}.npy and data/vocab.json.
+Writes models/registration.json, what it decided."""
 
 import json
 import os
 import sys
 
-from pipeline.common import BEST, CORPUS, METRICS, MODELS, load_config, stage, tracking_uri
+from pipeline.common import BEST, CORPUS, METRICS, MODELS, SPLIT_DIR, VOCAB, load_config, stage, tracking_uri
 from src.config.schema import SampleConfig
-from src.data import corpus
 from src.data.vocab import Vocab
 from src.model import checkpoint
 from src.serving import registry
@@ -39,13 +39,7 @@ def main() -> None:
             f"{METRICS / 'eval.json'} scores step {scores.get('step')}, not {BEST}'s {payload['step']}; "
             "run `dvc repro evaluate` first"
         )
-    fingerprint = registry.data_fingerprint(
-        corpus.sha256(CORPUS.read_bytes()),
-        cfg.data.newline,
-        cfg.data.max_chars,
-        cfg.split.val_fraction,
-        cfg.split.test_fraction,
-    )
+    fingerprint = scored_data_fingerprint(scores)
     # The served model's example request, fixed rather than sample.*, so that a sample.* change
     # reruns the sample stage only: the default prime where the model knows it, else the corpus's
     # first word (a text of your own, data.path): never a prime the vocabulary cannot encode.
@@ -76,6 +70,20 @@ def main() -> None:
         },
     )
     print(f"register: {done.describe()}")
+
+
+def scored_data_fingerprint(scores: dict) -> str:
+    """The fingerprint of the split files and vocabulary, once they are checked to be the ones
+    metrics/eval.json scored (by their lengths: a split rewritten since has to be scored again)."""
+    splits = {name: fileio.read_npy(SPLIT_DIR / f"{name}.npy") for name in ("val", "test")}
+    for name, ids in splits.items():
+        scored = scores.get(name, {}).get("chars", 0)
+        if scored != (len(ids) if len(ids) >= 2 else 0):  # evaluate skips a split under 2 characters
+            raise KarnnaError(
+                f"{METRICS / 'eval.json'} scored {scored} {name} characters, {SPLIT_DIR / name}.npy "
+                f"holds {len(ids)}; run `dvc repro evaluate` first"
+            )
+    return registry.data_fingerprint(Vocab.load(VOCAB), splits["val"], splits["test"])
 
 
 if __name__ == "__main__":

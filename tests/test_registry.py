@@ -4,12 +4,15 @@ conftest's tiny model, registered in a real SQLite store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -17,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from src.data.splits import split_ids
 from src.data.vocab import build_vocab
 from src.serving import registry
-from tests.conftest import _env, write_params
+from tests.conftest import TINY_TEXT, _env, sh, write_params
 from tests.test_tracking import corpus, register_checkpoint, run_training, tiny_config  # noqa: F401 (fixture)
 
 
@@ -128,15 +131,108 @@ def test_register_stage_with_tracking_off_does_nothing(stage_repo):
     assert not (stage_repo / "mlflow.db").exists()
 
 
-def test_fingerprint_names_the_validation_data():
-    base = dict(corpus_sha256="0" * 64, newline="lf", max_chars=None, val_fraction=0.1, test_fraction=0.0)
-    same = registry.data_fingerprint(**base)
-    assert registry.data_fingerprint(**base) == same
-    for change in (
-        {"corpus_sha256": "1" * 64},
-        {"newline": "keep"},
-        {"max_chars": 1000},
-        {"val_fraction": 0.2},
-        {"test_fraction": 0.1},
+def test_fingerprint_names_the_scored_data_not_how_the_files_hold_it():
+    vocab = build_vocab(TINY_TEXT, "lf")
+    split = split_ids(vocab.encode(TINY_TEXT), 0.2, 0.1)
+    same = registry.data_fingerprint(vocab, split.val, split.test)
+    # Other dtypes and the newline policy's name (the text has no CR): the same data.
+    kept = build_vocab(TINY_TEXT, "keep")
+    assert registry.data_fingerprint(kept, split.val.astype(np.int32), split.test.astype(np.uint8)) == same
+    changed = split.val.copy()
+    changed[-1] = (changed[-1] + 1) % vocab.size
+    for other in (
+        (vocab, changed, split.test),  # one character of the validation text
+        (vocab, split.val, split.test[1:]),  # the test text
+        (vocab, split.val[:-1], np.concatenate([split.val[-1:], split.test])),  # the boundary
+        (vocab, split.test, split.val),  # validation and test swapped
+        (build_vocab(TINY_TEXT + "~", "lf"), split.val, split.test),  # the same ids, another vocabulary
     ):
-        assert registry.data_fingerprint(**{**base, **change}) != same, change
+        assert registry.data_fingerprint(*other) != same
+
+
+def _old_fingerprint(corpus_text: str) -> str:
+    """The params-list fingerprint that versions registered by commit 26217f0 or earlier carry:
+    a hash of the corpus and of the params that cut the validation split."""
+    facts = {
+        "corpus_sha256": hashlib.sha256(corpus_text.encode()).hexdigest(),
+        "newline": "lf",
+        "max_chars": None,
+        "val_fraction": 0.2,
+        "test_fraction": 0.0,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_versions_with_an_old_fingerprint_keep_their_champion(uri, corpus, tmp_path):  # noqa: F811
+    """A model registered under the params-list fingerprint: a run on the same data is registered
+    under the suffixed name (the old versions do not compete, and nothing fails); renaming the
+    old model gives the plain name back to the next registration."""
+    name = "legacy"
+    cfg = tiny_config(tracking={"model_name": name})
+    run_id, _, old = run_training(cfg, uri, corpus, tmp_path / "old", fingerprint=_old_fingerprint(TINY_TEXT))
+    assert old.model_name == name and old.champion
+    vocab, _, val_ids, _ = corpus
+    fingerprint = registry.data_fingerprint(vocab, val_ids, val_ids[:0])
+    best = tmp_path / "old" / "best.pt"
+    new = register_checkpoint(cfg, uri, run_id, best, val_ids, fingerprint)
+    assert new.model_name == f"{name}-data-{fingerprint}" and new.champion and new.previous is None
+    assert aliases(uri, name) == {"champion": old.version}
+    client = MlflowClient(uri, registry_uri=uri)
+    assert registry.decide_champion(client, name) == old.version
+    client.rename_registered_model(name, f"{name}-params-fingerprint")
+    renamed = register_checkpoint(cfg, uri, run_id, best, val_ids, fingerprint)
+    assert (renamed.model_name, renamed.version, renamed.champion) == (name, "1", True)
+    assert aliases(uri, f"{name}-params-fingerprint") == {"champion": old.version}
+
+
+@pytest.mark.slow
+def test_the_register_stage_fingerprints_the_scored_files(stage_repo, tmp_path, monkeypatch):
+    """The stages as `dvc repro` runs them, with real MLflow: a change of the validation data under
+    the same params is another fingerprint; a training param or a rerun split is not."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    write_params(stage_repo, params)
+    name = params["tracking"]["model_name"]
+
+    def stages(*names):
+        for stage in names:
+            sh(stage_repo, sys.executable, "-m", f"pipeline.{stage}")
+        return json.loads((stage_repo / "models" / "registration.json").read_text())
+
+    first = stages("corpus", "encode", "split", "train", "evaluate", "register")
+    assert (first["model_name"], first["version"]) == (name, "1")
+    again = stages("split", "register")  # the same bytes again
+    assert (again["fingerprint"], again["version"]) == (first["fingerprint"], "1")
+    params["model"]["dropout"] = 0.1  # another model, the same data: it competes
+    write_params(stage_repo, params)
+    retrained = stages("train", "evaluate", "register")
+    assert (retrained["fingerprint"], retrained["model_name"], retrained["version"]) == (
+        first["fingerprint"],
+        name,
+        "2",
+    )
+
+    # Another split under the same params, written directly: 50 characters move to validation.
+    split = stage_repo / "data" / "split"
+    train, val = np.load(split / "train.npy"), np.load(split / "val.npy")
+    np.save(split / "train.npy", train[:-50])
+    np.save(split / "val.npy", np.concatenate([train[-50:], val]))
+    refused = sh(stage_repo, sys.executable, "-m", "pipeline.register", check=False)
+    assert refused.returncode == 2 and "run `dvc repro evaluate` first" in refused.stderr
+    moved = stages("evaluate", "register")
+    assert moved["fingerprint"] != first["fingerprint"]
+    assert (moved["model_name"], moved["version"]) == (f"{name}-data-{moved['fingerprint']}", "1")
+
+    # Another corpus text under the same params: its last "e" is an "a" (in the validation part).
+    source = Path(params["data"]["path"])
+    text = source.read_bytes()
+    at = text.rindex(b"e")
+    source.write_bytes(text[:at] + b"a" + text[at + 1 :])
+    edited = stages("corpus", "encode", "split", "evaluate", "register")
+    assert edited["fingerprint"] not in (first["fingerprint"], moved["fingerprint"])
+    assert edited["model_name"] == f"{name}-data-{edited['fingerprint']}"
+    # The model on the first data kept its champion.
+    assert aliases(store, name) == {"champion": "1" if first["score"] <= retrained["score"] else "2"}

@@ -4,9 +4,10 @@ Used by the register stage, after evaluate, so that editing this module (or the 
 the served model runs) re-registers without retraining. The champion is decided on like with
 like only (docs/TRACKING.md, "The champion"):
 - the score is the evaluate stage's fp32 validation loss, never training's bf16 `best_val_loss`;
-- a registered model holds the runs of one data fingerprint (corpus bytes, newline policy,
-  split fractions, max_chars): a run on other data is registered under the model name with its
-  fingerprint appended, so it never moves another data's champion;
+- a registered model holds the runs of one data fingerprint (a hash of the validation and test
+  splits and the vocabulary, as the evaluate stage scored them): a run on other data is
+  registered under the model name with its fingerprint appended, so it never moves another
+  data's champion;
 - the champion is the version with the lowest score, a tie going to the older version (so a tie
   keeps the old champion), recomputed from every version at each decision;
 - decisions are serialized by a lock file on this machine (MLflow has no compare-and-set).
@@ -70,18 +71,20 @@ class Registration:
         return f"{self.model_name} version {self.version}{again}: fp32 val loss {self.score:.4f}, {verdict}; {before}"
 
 
-def data_fingerprint(
-    corpus_sha256: str, newline: str, max_chars: Optional[int], val_fraction: float, test_fraction: float
-) -> str:
-    """16 hex digits naming the validation data: equal fingerprints, comparable scores."""
-    facts = {
-        "corpus_sha256": corpus_sha256,
-        "newline": newline,
-        "max_chars": max_chars,
-        "val_fraction": float(val_fraction),
-        "test_fraction": float(test_fraction),
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+def data_fingerprint(vocab: Vocab, val: np.ndarray, test: np.ndarray) -> str:
+    """16 hex digits naming the data the evaluate stage scores: equal fingerprints, comparable scores.
+
+    SHA-256 over three parts, each preceded by its length in bytes (8, little-endian): the
+    vocabulary's characters in id order (a JSON list, UTF-8), then the validation and then the
+    test split's ids as little-endian int64. So the same text under other ids, or a character
+    moved from validation to test, is other data; how the files hold it (the .npy header and
+    dtype, vocab.json's layout and its newline policy's name) is not."""
+    h = hashlib.sha256()
+    chars = json.dumps(list(vocab.chars), ensure_ascii=False).encode("utf-8")
+    for part in (chars, *(np.ascontiguousarray(ids, dtype="<i8").tobytes() for ids in (val, test))):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:16]
 
 
 def register(
