@@ -1,6 +1,7 @@
 """The house rules (docs/DESIGN.md, "Where to make a change"): a function fits on a screen (80
 lines at most), a module of the library does one job (400 lines at most), each package of src/
-imports only the packages below it, and MLflow stays behind the tracking and serving packages."""
+imports only the packages below it, MLflow stays behind the tracking and serving packages, and only
+src/utils/faults.py writes the `error: ` line."""
 
 from __future__ import annotations
 
@@ -154,3 +155,30 @@ def test_mlflow_stays_behind_its_packages():
         if not inside and name not in MLFLOW_USERS:
             reached = {m for m in imported if any(m == p or m.startswith(p + ".") for p in MLFLOW_PACKAGES)}
             assert not reached, f"{name} imports {sorted(reached)}"
+
+
+def error_line_writers(root: Path = REPO) -> list[str]:
+    """`path:line` for each string that starts an `error: ` line outside src/utils/faults.py."""
+    found = []
+    for folder in ("src", "pipeline"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.relative_to(root) == Path("src/utils/faults.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                first = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
+                if (
+                    isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)
+                    and first.value.startswith("error: ")
+                ):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_every_command_and_stage_ends_in_one_line_through_faults_run():
+    """Bad input is raised as KarnnaError and worded once, by src.utils.faults.run, which every
+    stage (pipeline/common.py `stage`) and every command's main() goes through."""
+    found = error_line_writers()
+    assert not found, "an `error: ` line written outside src/utils/faults.py; raise KarnnaError instead: " + "; ".join(
+        found
+    )

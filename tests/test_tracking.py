@@ -35,6 +35,7 @@ from src.training import evaluate
 from src.training.loop import train
 from src.training.report import Reporter
 from src.training.state import TrainPaths, plan_resume
+from src.utils import repo
 from src.utils.errors import KarnnaError
 from tests.conftest import TINY_TEXT, sh, tiny_params, write_params
 
@@ -376,6 +377,15 @@ def test_a_run_leaves_no_store_in_the_working_directory(store, corpus, tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_training(tiny_config(tracking={"model_name": "cwd-model"}), uri, corpus, tmp_path / "run")
     assert list(cwd.iterdir()) == []
+
+
+def test_the_default_store_is_mlflow_tracking_uri_else_the_main_repos_mlflow_db():
+    main = Path("/srv/karnna")
+    copy = main / ".dvc" / "tmp" / "exps" / "tmpab12"  # `dvc exp run --temp` or a queued run
+    assert repo.tracking_uri({}, main) == repo.tracking_uri({}, copy) == "sqlite:////srv/karnna/mlflow.db"
+    assert repo.tracking_uri({"MLFLOW_TRACKING_URI": ""}, copy) == "sqlite:////srv/karnna/mlflow.db"
+    assert repo.tracking_uri({"MLFLOW_TRACKING_URI": "http://t:5000"}, copy) == "http://t:5000"
+    assert repo.main_repo_root(Path("/home/u/.dvc/karnna")) == Path("/home/u/.dvc/karnna")  # not DVC's copy
 
 
 def test_unreachable_server_is_a_clear_error_before_training(tmp_path):

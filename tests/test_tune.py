@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -464,6 +465,26 @@ def test_a_bf16_precision_this_cpu_cannot_run_fails_before_the_study(stage_repo)
     proc = subprocess.run(cmd, cwd=stage_repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "train.precision is bf16, but torch cannot run a bf16 LSTM" in proc.stderr
     assert not journal.exists(), proc.stdout
+
+
+@pytest.mark.slow
+def test_a_study_in_a_dvc_experiment_copy_logs_to_the_main_repos_store(stage_repo, tmp_path):
+    """As the stages do (src/utils/repo.py): without MLFLOW_TRACKING_URI, `python -m src.tune` run
+    in the copy `dvc exp run --temp` makes under <repo>/.dvc/tmp/exps/ logs to <repo>/mlflow.db."""
+    import yaml
+
+    copy = stage_repo / ".dvc" / "tmp" / "exps" / "tmpk4rnn4"
+    shutil.copytree(stage_repo, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", copy)
+    _tiny_repo_for_tune(copy, str(copy / "tune" / "journal.log"), n_trials=1)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in _env().items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "src.tune", "--n-trials", "1", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (stage_repo / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
 
 
 @pytest.mark.slow
