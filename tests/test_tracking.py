@@ -31,6 +31,7 @@ from src.generation.sampling import generate
 from src.model import checkpoint
 from src.serving import pyfunc, registry
 from src.tracking import runs
+from src.tracking import store as store_module
 from src.training import evaluate
 from src.training.loop import train
 from src.training.report import Reporter
@@ -276,6 +277,20 @@ def test_an_exception_ends_the_run_failed_with_the_reason(store):
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "KarnnaError: training loss is nan at step 1"
     assert run.data.metrics["train_loss"] == 3.0  # logged before the failure, kept
+
+
+def test_a_tag_longer_than_the_store_takes_is_cut_not_refused(store, monkeypatch):
+    """Every tag goes through store.tag_value: a long sample head, a long failure reason. (MLflow
+    cuts them too, with a warning, unless MLFLOW_TRUNCATE_LONG_VALUES is false; then it refuses.)"""
+    monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", "false")
+    uri, _ = store
+    with pytest.raises(KarnnaError):
+        with runs.start_training_run(tiny_config(), uri) as reporter:
+            raise KarnnaError("x" * 20_000)
+    runs.log_to_run(reporter.run_id, uri, tags={"sample": "y" * 20_000})
+    tags = client_for(uri).get_run(reporter.run_id).data.tags
+    assert tags["failure_reason"] == ("KarnnaError: " + "x" * 20_000)[: store_module.TAG_LIMIT]
+    assert tags["sample"] == "y" * store_module.TAG_LIMIT
 
 
 def test_a_resumed_training_continues_its_run(store):

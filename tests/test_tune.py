@@ -146,7 +146,10 @@ def test_a_bad_table_entry_is_one_line(base, table, expected):
             {"budget_chars": 100, "space": {**SMALL, "train.seq_len": {"choices": [8, 32]}}},
             r"smaller than one batch \(train\.batch_size 4 x train\.seq_len 32",
         ),
-        ({"eval_chars": 10**6}, r"tune\.eval_chars: 1,000,000 is longer than the validation split \(\d+ characters\)"),
+        (
+            {"eval_chars": 10**6},
+            r"tune\.eval_chars: 1,000,000 is not within the validation split \(2 to [\d,]+ characters\)",
+        ),
     ],
 )
 def test_bad_budgets_stop_before_any_trial(tmp_path, base, study_data, kw, expected):
@@ -307,6 +310,22 @@ def test_the_table_marks_a_pruned_trials_value():
     rows = results.best_trials_table(study).splitlines()
     assert "2.5000*" in next(r for r in rows if "pruned" in r)
     assert "1.5000 " in next(r for r in rows if "complete" in r and "trials:" not in r)
+
+
+def test_the_printed_command_gives_each_value_back_exactly_as_yaml_reads_it():
+    import yaml
+
+    params = {
+        "train.lr": 1e-05,
+        "train.min_lr": 3.0000000000000004e-4,
+        "model.dropout": 0.1 + 0.2,
+        "train.grad_clip": 1e16,
+        "model.lstm_size": 256,
+        "model.cell": "gru",
+    }
+    pairs = results.best_params_command(params).removeprefix("dvc exp run -S ").split(" -S ")
+    back = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+    assert back == params and all(type(back[k]) is type(v) for k, v in params.items())
 
 
 def test_pruners_on_a_synthetic_objective():
