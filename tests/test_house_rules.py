@@ -1,7 +1,8 @@
 """The house rules (docs/DESIGN.md, "Where to make a change"): a function fits on a screen (80
 lines at most), a module of the library does one job (400 lines at most), each package of src/
-imports only the packages below it, MLflow stays behind the tracking and serving packages, and only
-src/utils/faults.py writes the `error: ` line."""
+imports only the packages below it, MLflow stays behind the tracking and serving packages, only
+the commands and stages read the environment and argv, and only src/utils/faults.py writes the
+`error: ` line."""
 
 from __future__ import annotations
 
@@ -155,6 +156,53 @@ def test_mlflow_stays_behind_its_packages():
         if not inside and name not in MLFLOW_USERS:
             reached = {m for m in imported if any(m == p or m.startswith(p + ".") for p in MLFLOW_PACKAGES)}
             assert not reached, f"{name} imports {sorted(reached)}"
+
+
+# What only a command's or a stage's main() reads: the library takes them as arguments.
+PROCESS_INPUTS = {("os", "environ"), ("os", "environb"), ("os", "getenv"), ("os", "putenv"), ("sys", "argv")}
+
+
+def process_input_reads(root: Path = REPO) -> list[str]:
+    """`module:line os.environ` for each read of the environment or argv inside a package of src/
+    (src/<package>/...); the commands (src/<tool>.py) and pipeline/ may read them."""
+    found = []
+    for path in sorted((root / "src").glob("*/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                pair = (node.value.id, node.attr)
+            elif isinstance(node, ast.ImportFrom) and node.module in ("os", "sys"):
+                pair = next(
+                    ((node.module, a.name) for a in node.names if (node.module, a.name) in PROCESS_INPUTS), None
+                )
+            else:
+                continue
+            if pair in PROCESS_INPUTS:
+                found.append(f"{module_name(path, root)}:{node.lineno} {'.'.join(pair)}")
+    return found
+
+
+def test_the_packages_read_no_environment_and_no_argv():
+    found = process_input_reads()
+    assert not found, (
+        "a package of src/ reads the process's environment or argv; read it in the command's or "
+        "stage's main() and pass it down: " + "; ".join(found)
+    )
+
+
+def test_the_environment_check_sees_a_read(tmp_path):
+    for rel, text in {
+        "src/tune.py": "import os\nURI = os.environ.get('X')\n",  # a command: allowed
+        "src/tracking/store.py": "import os\n\ndef uri():\n    return os.environ['MLFLOW_TRACKING_URI']\n",
+        "src/tuning/processes.py": "from sys import argv\n",
+        "src/utils/repo.py": "import os\n\ndef home():\n    return os.getenv('HOME')\n",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert process_input_reads(tmp_path) == [
+        "src.tracking.store:4 os.environ",
+        "src.tuning.processes:1 sys.argv",
+        "src.utils.repo:4 os.getenv",
+    ]
 
 
 def error_line_writers(root: Path = REPO) -> list[str]:
