@@ -54,10 +54,10 @@ def test_repro_end_to_end(repo):
     assert sorted(ran_stages(sh(repo, "dvc", "repro").stdout)) == ["evaluate", "register", "sample", "train"]
     # Editing the registry (the served model's packaging) re-registers without retraining; editing
     # the vocabulary code reruns every stage that runs it.
-    with (repo / "src" / "registry.py").open("a") as f:
+    with (repo / "src" / "serving" / "registry.py").open("a") as f:
         f.write("\n# edited\n")
     assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["register"]
-    with (repo / "src" / "vocab.py").open("a") as f:
+    with (repo / "src" / "data" / "vocab.py").open("a") as f:
         f.write("\n# edited\n")
     assert sorted(ran_stages(sh(repo, "dvc", "repro").stdout)) == ["encode", "evaluate", "register", "sample", "train"]
 
