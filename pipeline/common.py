@@ -1,5 +1,6 @@
-"""What every stage shares: the repo's paths, reading params.yaml, and turning bad input, a full
-disk or a signal into one line on stderr and a non-zero exit (src/utils/faults.py)."""
+"""What every stage shares: the repo's paths (src/utils/repo.py), reading params.yaml, and
+turning bad input, a full disk or a signal into one line on stderr and a non-zero exit
+(src/utils/faults.py)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,22 @@ from pathlib import Path
 from typing import Callable
 
 from src.config.schema import Config, config_from_dict
-from src.utils import faults, fileio
+from src.utils import faults, fileio, repo
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = ROOT / "params.yaml"
-
-CORPUS = ROOT / "data" / "corpus.txt"
-VOCAB = ROOT / "data" / "vocab.json"
-ENCODED = ROOT / "data" / "encoded.npy"
-SPLIT_DIR = ROOT / "data" / "split"
-MODELS = ROOT / "models"
-BEST = MODELS / "best.pt"
-LAST = MODELS / "last.pt"
-METRICS = ROOT / "metrics"
-PLOTS = ROOT / "plots"
-SAMPLES = ROOT / "samples"
+FILES = repo.Layout(ROOT)
+# The names the stages use, one per file or folder they share.
+PARAMS = FILES.params
+CORPUS = FILES.corpus
+VOCAB = FILES.vocab
+ENCODED = FILES.encoded
+SPLIT_DIR = FILES.split_dir
+MODELS = FILES.models
+BEST = FILES.best
+LAST = FILES.last
+METRICS = FILES.metrics
+PLOTS = FILES.plots
+SAMPLES = FILES.samples
 
 
 def load_params(path: Path = PARAMS) -> dict:
@@ -66,22 +68,13 @@ def _module_name(fn: Callable) -> str:
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else the embedded store mlflow.db of the *main* repo.
-
-    `dvc exp run --temp/--queue` runs stages in a copy under <repo>/.dvc/tmp/exps/...; the
-    absolute path to the main repo's mlflow.db makes those runs land in the same store.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{main_repo_root() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else the main repo's mlflow.db (src/utils/repo.py)."""
+    return repo.tracking_uri(os.environ, ROOT)
 
 
 def main_repo_root() -> Path:
-    parts = ROOT.parts
-    if ".dvc" in parts:  # a DVC experiment workspace inside <repo>/.dvc/tmp/exps/
-        return Path(*parts[: parts.index(".dvc")])
-    return ROOT
+    """This checkout, or the repo whose DVC experiment copy it is (src/utils/repo.py)."""
+    return repo.main_repo_root(ROOT)
 
 
 def run_context(*data_files: Path) -> dict:

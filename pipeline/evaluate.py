@@ -34,7 +34,8 @@ def main() -> None:
             model, torch.from_numpy(ids.astype(np.int64)).to(device), cfg.evaluate.rows, cfg.evaluate.chunk_len
         )
         results[name] = {**evaluate.scores(loss), "chars": int(len(ids))}
-        print(f"evaluate: {name} {loss:.4f} nats/char, {loss / evaluate.LN2:.4f} bpc, perplexity {np.exp(loss):.3f}")
+        r = results[name]
+        print(f"evaluate: {name} {r['loss']:.4f} nats/char, {r['bpc']:.4f} bpc, perplexity {r['perplexity']:.3f}")
     fileio.write_json(METRICS / "eval.json", results)
     # eval_ keeps these apart from training's val_loss series, which they would otherwise extend.
     flat = {

@@ -16,14 +16,13 @@ from src.config.schema import SampleConfig
 from src.data.vocab import PRIME_OPTION
 from src.generation.sampling import check_request, stream
 from src.model import checkpoint
-from src.utils import faults
-from src.utils.errors import KarnnaError
+from src.utils import faults, repo
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     d = SampleConfig()
     p = argparse.ArgumentParser(prog="python -m src.sample", description="Generate text from a karnna checkpoint.")
-    p.add_argument("--checkpoint", type=Path, default=Path("models/best.pt"), help="default: %(default)s")
+    p.add_argument("--checkpoint", type=Path, default=repo.Layout(Path()).best, help="default: %(default)s")
     p.add_argument("--prime", default=d.prime, help="text to start from (default: %(default)r)")
     p.add_argument("--length", type=int, default=d.length, help="new characters to write (default: %(default)s)")
     p.add_argument(
@@ -35,15 +34,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
     args = p.parse_args(argv)
+    return faults.run(lambda: sample(args), "src.sample")
+
+
+def sample(args: argparse.Namespace) -> int:
     top_k = 1 if args.greedy else args.top_k
-    try:
-        check_request(args.length, top_k, args.temperature, args.seed, args.num_samples, option=True)
-        model, vocab, _ = checkpoint.load(args.checkpoint, args.device)
-        vocab.encode_prime(args.prime, PRIME_OPTION)
-        pieces = stream(model, vocab, args.prime, args.length, top_k, args.temperature, args.seed, args.num_samples)
-    except KarnnaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    check_request(args.length, top_k, args.temperature, args.seed, args.num_samples, option=True)
+    model, vocab, _ = checkpoint.load(args.checkpoint, args.device)
+    vocab.encode_prime(args.prime, PRIME_OPTION)
+    pieces = stream(model, vocab, args.prime, args.length, top_k, args.temperature, args.seed, args.num_samples)
     try:
         if args.num_samples == 1:  # as it is drawn: a long text starts at once
             for (piece,) in pieces:
@@ -60,4 +59,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(faults.run(main, "src.sample"))
+    sys.exit(main())

@@ -17,7 +17,8 @@ import sys
 from typing import Optional
 
 from src.tracking.server import artifact_destination, check_database, server_command
-from src.utils.errors import KarnnaError, redact_url
+from src.utils import faults
+from src.utils.errors import redact_url
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -31,12 +32,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, help="server worker processes (default: mlflow's)")
     args = p.parse_args(own)
-    try:
-        check_database(args.db)
-        artifacts = artifact_destination(args.artifacts)
-    except KarnnaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return faults.run(lambda: serve(args, extra), "src.tracking_server")
+
+
+def serve(args: argparse.Namespace, extra: list[str]) -> int:
+    check_database(args.db)
+    artifacts = artifact_destination(args.artifacts)
     cmd = server_command(args.db, artifacts, args.host, args.port, args.workers, extra)
     print(
         f"tracking server: http://{args.host}:{args.port} (runs: {redact_url(args.db)}; artifacts: {artifacts})",

@@ -12,29 +12,32 @@ from pathlib import Path
 from typing import Optional
 
 from src.tracking import wal
-from src.utils import faults
+from src.utils import faults, repo
 from src.utils.errors import KarnnaError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.tracking_sync", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=Path("models"), help="the checkpoints' folder (default: models)")
+    parser.add_argument(
+        "--models", type=Path, default=repo.Layout(Path()).models, help="the checkpoints' folder (default: %(default)s)"
+    )
     parser.add_argument(
         "--tracking-uri",
         help="send to this store instead of the one each record names (e.g. the server moved)",
     )
     args = parser.parse_args(argv)
     wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
-    folder = args.models / wal.FOLDER
+    return faults.run(lambda: sync(args.models / wal.FOLDER, args.tracking_uri), "src.tracking_sync")
+
+
+def sync(folder: Path, tracking_uri: Optional[str]) -> None:
     try:
-        sent = wal.replay(folder, print, args.tracking_uri)
+        sent = wal.replay(folder, print, tracking_uri)
     except KarnnaError as exc:
-        print(f"error: {exc}; the records stay in {folder}", file=sys.stderr)
-        return 2
+        raise KarnnaError(f"{exc}; the records stay in {folder}") from None
     if not sent:
         print(f"tracking: nothing to send ({folder} holds no records)")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(faults.run(main, "src.tracking_sync"))
+    sys.exit(main())

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from src.config.schema import config_from_dict, tune_config_from_dict, with_overrides
 from src.data.vocab import Vocab
@@ -28,10 +28,11 @@ from src.tuning import processes
 from src.tuning.results import best_trials_table, write_best
 from src.tuning.runner import StudyData, close_study_run, run_study
 from src.tuning.storage import StorageLost, lost_trial_callback, storage_for
-from src.utils import faults, fileio
+from src.utils import faults, fileio, repo
 from src.utils.errors import KarnnaError
 
 ROOT = Path(__file__).resolve().parents[1]
+FILES = repo.Layout(ROOT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,14 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         help="trials at a time, the cores split between them: on CPU one worker process each "
         "(on one study), on a GPU threads of this process (default: one per core on CPU, 1 on a GPU)",
     )
-    # Set by --n-jobs for the worker processes it starts (src/processes.py), not by hand.
+    # Set by --n-jobs for the worker processes it starts (src/tuning/processes.py), not by hand.
     p.add_argument("--join", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument(
         "--storage", help="Optuna storage URL or journal file (default: tune.storage, else tune/journal.log)"
     )
     p.add_argument("--study-name", help="default: tune.study_name")
     p.add_argument("--pruner", choices=["halving", "hyperband", "median", "none"], help="default: tune.pruner")
-    p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="default: params.yaml")
+    p.add_argument("--params", type=Path, default=FILES.params, help="default: params.yaml")
     p.add_argument(
         "--heartbeat",
         type=int,
@@ -66,84 +67,94 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """The command: argv and the environment are read here, and only here."""
     raw_argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(raw_argv)
-    try:
-        raw = fileio.read_params(args.params)
-        base = config_from_dict(raw, args.params.name)
-        space = tune_config_from_dict(raw, args.params.name)
-        overrides = {"study_name": args.study_name, "pruner": args.pruner, "storage": args.storage}
-        space = with_overrides(space, {k: v for k, v in overrides.items() if v is not None}, "command line")
-        device = resolve_device(base.train.device)
-        cells = space.space["model.cell"].choices if "model.cell" in space.space else [base.model.cell]
-        for cell in cells or []:  # a bf16 torch cannot run here fails before the study starts
-            resolve_precision(base.train.precision, device, cell)
-        n_jobs = processes.default_jobs(device.type) if args.n_jobs is None else args.n_jobs
-        if n_jobs < 1:
-            raise KarnnaError(f"--n-jobs is {n_jobs}; use 1 or more")
-        # On CPU the trials run in worker processes (src/processes.py), on a GPU in threads.
-        workers = args.join or (n_jobs if device.type == "cpu" else 1)
-        threads = 1 if device.type == "cpu" else n_jobs
-        configure_process(processes.threads_per_trial(base.train.num_threads, max(workers, threads)), device)
-        split_dir, vocab_path = ROOT / "data" / "split", ROOT / "data" / "vocab.json"
-        for name in ("train.npy", "val.npy"):
-            if not (split_dir / name).is_file():
-                raise KarnnaError(f"{split_dir / name}: missing; run `dvc repro split` first")
-        study_data = StudyData(
-            Vocab.load(vocab_path), fileio.read_npy(split_dir / "train.npy"), fileio.read_npy(split_dir / "val.npy")
-        )
-        # As the stages do (pipeline/common.py), without importing them: src/ sits below pipeline/.
-        uri = (
-            (os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}")
-            if base.tracking.enabled
-            else None
-        )
-        wal.bound_client_retries(os.environ)  # a store that dies mid-study fails in seconds
-        if uri:
-            runs.connect(uri)  # an unreachable tracking server fails here, before any trial
-        if args.heartbeat < 1:
-            raise KarnnaError(f"--heartbeat is {args.heartbeat}; use 1 second or more")
-        storage = storage_for(
-            space.storage, ROOT / "tune" / "journal.log", args.heartbeat, lost_trial_callback(uri), args.db_retry
-        )
-        n_trials = args.n_trials if args.n_trials is not None else (None if args.timeout else space.n_trials)
-        shares = [n_trials] if args.join else processes.split_trials(n_trials, workers)
-        joined: list = []
+    wal.bound_client_retries(os.environ)  # a store that dies mid-study fails in seconds
+
+    def study() -> int:
         try:
-            study = run_study(
-                base,
-                space,
-                study_data,
-                storage,
-                n_trials=shares[0],
-                timeout=args.timeout,
-                n_jobs=threads,
-                tracking_uri=uri,
-                progress=not args.no_progress,
-                on_ready=lambda: joined.extend(processes.start(raw_argv, shares)),
-            )
-            failed = [code for code in processes.finish(joined) if code != 0]
-        except BaseException:
-            processes.stop(joined)
-            raise
-        if args.join:
-            return 0
-        if failed:
-            print(f"warning: {len(failed)} of the {len(joined)} other worker processes failed", file=sys.stderr)
-        print(best_trials_table(study))
-        best = write_best(study, ROOT / "tune" / "best_params.yaml")
-        if best is None:
-            print("no trial completed yet")
-            return 1
-        print(f"best: trial {best['trial']}, val loss {best['val_loss']:.4f} -> tune/best_params.yaml")
-        print(f"train it through the pipeline:\n  {best['command']}")
-        if uri:
-            close_study_run(base, uri, study, best, ROOT / "tune" / "best_params.yaml")
-    except (KarnnaError, StorageLost) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            return tune(args, raw_argv, os.environ)
+        except StorageLost as exc:  # a BaseException (src/tuning/retry.py), said as bad input is
+            raise KarnnaError(str(exc)) from None
+
+    # A worker process the caller stops leaves the one line to the caller.
+    return faults.run(study, "src.tune", quiet_interrupt=bool(args.join))
+
+
+def tune(args: argparse.Namespace, raw_argv: list[str], environ: Mapping[str, str]) -> int:
+    """Run this worker's share of the study; the first worker also starts the others (--n-jobs)
+    and reports. raw_argv: the command line the other workers get; environ: for the store."""
+    raw = fileio.read_params(args.params)
+    base = config_from_dict(raw, args.params.name)
+    space = tune_config_from_dict(raw, args.params.name)
+    overrides = {"study_name": args.study_name, "pruner": args.pruner, "storage": args.storage}
+    space = with_overrides(space, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    device = resolve_device(base.train.device)
+    cells = space.space["model.cell"].choices if "model.cell" in space.space else [base.model.cell]
+    for cell in cells or []:  # a bf16 torch cannot run here fails before the study starts
+        resolve_precision(base.train.precision, device, cell)
+    n_jobs = processes.default_jobs(device.type) if args.n_jobs is None else args.n_jobs
+    if n_jobs < 1:
+        raise KarnnaError(f"--n-jobs is {n_jobs}; use 1 or more")
+    # On CPU the trials run in worker processes (src/tuning/processes.py), on a GPU in threads.
+    workers = args.join or (n_jobs if device.type == "cpu" else 1)
+    threads = 1 if device.type == "cpu" else n_jobs
+    configure_process(processes.threads_per_trial(base.train.num_threads, max(workers, threads)), device)
+    for path in (FILES.split_dir / "train.npy", FILES.split_dir / "val.npy"):
+        if not path.is_file():
+            raise KarnnaError(f"{path}: missing; run `dvc repro split` first")
+    study_data = StudyData(
+        Vocab.load(FILES.vocab),
+        fileio.read_npy(FILES.split_dir / "train.npy"),
+        fileio.read_npy(FILES.split_dir / "val.npy"),
+    )
+    uri = repo.tracking_uri(environ, ROOT) if base.tracking.enabled else None
+    if uri:
+        runs.connect(uri)  # an unreachable tracking server fails here, before any trial
+    if args.heartbeat < 1:
+        raise KarnnaError(f"--heartbeat is {args.heartbeat}; use 1 second or more")
+    storage = storage_for(space.storage, FILES.journal, args.heartbeat, lost_trial_callback(uri), args.db_retry)
+    n_trials = args.n_trials if args.n_trials is not None else (None if args.timeout else space.n_trials)
+    shares = [n_trials] if args.join else processes.split_trials(n_trials, workers)
+    joined: list = []
+    try:
+        study = run_study(
+            base,
+            space,
+            study_data,
+            storage,
+            n_trials=shares[0],
+            timeout=args.timeout,
+            n_jobs=threads,
+            tracking_uri=uri,
+            progress=not args.no_progress,
+            on_ready=lambda: joined.extend(processes.start(raw_argv, shares)),
+        )
+        failed = [code for code in processes.finish(joined) if code != 0]
+    except BaseException:
+        processes.stop(joined)
+        raise
+    if args.join:
+        return 0
+    if failed:
+        print(f"warning: {len(failed)} of the {len(joined)} other worker processes failed", file=sys.stderr)
+    return _report(base, study, uri)
+
+
+def _report(base, study, uri: Optional[str]) -> int:
+    """The table, tune/best_params.yaml and the pipeline command that trains the best trial."""
+    print(best_trials_table(study))
+    best = write_best(study, FILES.best_params)
+    if best is None:
+        print("no trial completed yet")
+        return 1
+    print(f"best: trial {best['trial']}, val loss {best['val_loss']:.4f} -> tune/best_params.yaml")
+    print(f"train it through the pipeline:\n  {best['command']}")
+    if uri:
+        close_study_run(base, uri, study, best, FILES.best_params)
     return 0
 
 
-if __name__ == "__main__":  # a worker process the caller stops leaves the one line to the caller
-    sys.exit(faults.run(main, "src.tune", quiet_interrupt="--join" in sys.argv))
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,8 @@
 """The house rules (docs/DESIGN.md, "Where to make a change"): a function fits on a screen (80
 lines at most), a module of the library does one job (400 lines at most), each package of src/
-imports only the packages below it, and MLflow stays behind the tracking and serving packages."""
+imports only the packages below it, MLflow stays behind the tracking and serving packages, only
+the commands and stages read the environment and argv, and only src/utils/faults.py writes the
+`error: ` line."""
 
 from __future__ import annotations
 
@@ -154,3 +156,77 @@ def test_mlflow_stays_behind_its_packages():
         if not inside and name not in MLFLOW_USERS:
             reached = {m for m in imported if any(m == p or m.startswith(p + ".") for p in MLFLOW_PACKAGES)}
             assert not reached, f"{name} imports {sorted(reached)}"
+
+
+# What only a command's or a stage's main() reads: the library takes them as arguments.
+PROCESS_INPUTS = {("os", "environ"), ("os", "environb"), ("os", "getenv"), ("os", "putenv"), ("sys", "argv")}
+
+
+def process_input_reads(root: Path = REPO) -> list[str]:
+    """`module:line os.environ` for each read of the environment or argv inside a package of src/
+    (src/<package>/...); the commands (src/<tool>.py) and pipeline/ may read them."""
+    found = []
+    for path in sorted((root / "src").glob("*/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                pair = (node.value.id, node.attr)
+            elif isinstance(node, ast.ImportFrom) and node.module in ("os", "sys"):
+                pair = next(
+                    ((node.module, a.name) for a in node.names if (node.module, a.name) in PROCESS_INPUTS), None
+                )
+            else:
+                continue
+            if pair in PROCESS_INPUTS:
+                found.append(f"{module_name(path, root)}:{node.lineno} {'.'.join(pair)}")
+    return found
+
+
+def test_the_packages_read_no_environment_and_no_argv():
+    found = process_input_reads()
+    assert not found, (
+        "a package of src/ reads the process's environment or argv; read it in the command's or "
+        "stage's main() and pass it down: " + "; ".join(found)
+    )
+
+
+def test_the_environment_check_sees_a_read(tmp_path):
+    for rel, text in {
+        "src/tune.py": "import os\nURI = os.environ.get('X')\n",  # a command: allowed
+        "src/tracking/store.py": "import os\n\ndef uri():\n    return os.environ['MLFLOW_TRACKING_URI']\n",
+        "src/tuning/processes.py": "from sys import argv\n",
+        "src/utils/repo.py": "import os\n\ndef home():\n    return os.getenv('HOME')\n",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert process_input_reads(tmp_path) == [
+        "src.tracking.store:4 os.environ",
+        "src.tuning.processes:1 sys.argv",
+        "src.utils.repo:4 os.getenv",
+    ]
+
+
+def error_line_writers(root: Path = REPO) -> list[str]:
+    """`path:line` for each string that starts an `error: ` line outside src/utils/faults.py."""
+    found = []
+    for folder in ("src", "pipeline"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.relative_to(root) == Path("src/utils/faults.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                first = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
+                if (
+                    isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)
+                    and first.value.startswith("error: ")
+                ):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_every_command_and_stage_ends_in_one_line_through_faults_run():
+    """Bad input is raised as KarnnaError and worded once, by src.utils.faults.run, which every
+    stage (pipeline/common.py `stage`) and every command's main() goes through."""
+    found = error_line_writers()
+    assert not found, "an `error: ` line written outside src/utils/faults.py; raise KarnnaError instead: " + "; ".join(
+        found
+    )

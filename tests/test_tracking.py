@@ -31,10 +31,12 @@ from src.generation.sampling import generate
 from src.model import checkpoint
 from src.serving import pyfunc, registry
 from src.tracking import runs
+from src.tracking import store as store_module
 from src.training import evaluate
 from src.training.loop import train
 from src.training.report import Reporter
 from src.training.state import TrainPaths, plan_resume
+from src.utils import repo
 from src.utils.errors import KarnnaError
 from tests.conftest import TINY_TEXT, sh, tiny_params, write_params
 
@@ -277,6 +279,20 @@ def test_an_exception_ends_the_run_failed_with_the_reason(store):
     assert run.data.metrics["train_loss"] == 3.0  # logged before the failure, kept
 
 
+def test_a_tag_longer_than_the_store_takes_is_cut_not_refused(store, monkeypatch):
+    """Every tag goes through store.tag_value: a long sample head, a long failure reason. (MLflow
+    cuts them too, with a warning, unless MLFLOW_TRUNCATE_LONG_VALUES is false; then it refuses.)"""
+    monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", "false")
+    uri, _ = store
+    with pytest.raises(KarnnaError):
+        with runs.start_training_run(tiny_config(), uri) as reporter:
+            raise KarnnaError("x" * 20_000)
+    runs.log_to_run(reporter.run_id, uri, tags={"sample": "y" * 20_000})
+    tags = client_for(uri).get_run(reporter.run_id).data.tags
+    assert tags["failure_reason"] == ("KarnnaError: " + "x" * 20_000)[: store_module.TAG_LIMIT]
+    assert tags["sample"] == "y" * store_module.TAG_LIMIT
+
+
 def test_a_resumed_training_continues_its_run(store):
     uri, _ = store
     client = client_for(uri)
@@ -376,6 +392,15 @@ def test_a_run_leaves_no_store_in_the_working_directory(store, corpus, tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_training(tiny_config(tracking={"model_name": "cwd-model"}), uri, corpus, tmp_path / "run")
     assert list(cwd.iterdir()) == []
+
+
+def test_the_default_store_is_mlflow_tracking_uri_else_the_main_repos_mlflow_db():
+    main = Path("/srv/karnna")
+    copy = main / ".dvc" / "tmp" / "exps" / "tmpab12"  # `dvc exp run --temp` or a queued run
+    assert repo.tracking_uri({}, main) == repo.tracking_uri({}, copy) == "sqlite:////srv/karnna/mlflow.db"
+    assert repo.tracking_uri({"MLFLOW_TRACKING_URI": ""}, copy) == "sqlite:////srv/karnna/mlflow.db"
+    assert repo.tracking_uri({"MLFLOW_TRACKING_URI": "http://t:5000"}, copy) == "http://t:5000"
+    assert repo.main_repo_root(Path("/home/u/.dvc/karnna")) == Path("/home/u/.dvc/karnna")  # not DVC's copy
 
 
 def test_unreachable_server_is_a_clear_error_before_training(tmp_path):

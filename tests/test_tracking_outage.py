@@ -241,6 +241,19 @@ def test_a_call_to_a_dead_server_fails_in_seconds_and_counts_as_an_outage(monkey
     assert wal.is_outage(failed.value) and wal.reason(failed.value) == "Connection refused"
 
 
+def test_sync_to_a_dead_store_is_one_line_and_keeps_the_records(tmp_path, monkeypatch, capsys):
+    from src import tracking_sync
+
+    for name, value in wal.CLIENT_LIMITS.items():
+        monkeypatch.setenv(name, value)
+    log = wal.WriteAheadLog(tmp_path / wal.FOLDER)
+    log.append([{"uri": f"http://127.0.0.1:{free_port()}", "run": "0" * 32, "tags": {"a": "b"}}])
+    assert tracking_sync.main(["--models", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: tracking store http://127.0.0.1:") and "is not answering" in line
+    assert line.endswith(f"; the records stay in {tmp_path / wal.FOLDER}") and len(log.read()) == 1
+
+
 def test_a_line_torn_by_a_crash_loses_no_later_record(tmp_path):
     log = wal.WriteAheadLog(tmp_path / wal.FOLDER)
     log.append([{"run": "r", "tags": {"a": "1"}}])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,7 +146,10 @@ def test_a_bad_table_entry_is_one_line(base, table, expected):
             {"budget_chars": 100, "space": {**SMALL, "train.seq_len": {"choices": [8, 32]}}},
             r"smaller than one batch \(train\.batch_size 4 x train\.seq_len 32",
         ),
-        ({"eval_chars": 10**6}, r"tune\.eval_chars: 1,000,000 is longer than the validation split \(\d+ characters\)"),
+        (
+            {"eval_chars": 10**6},
+            r"tune\.eval_chars: 1,000,000 is not within the validation split \(2 to [\d,]+ characters\)",
+        ),
     ],
 )
 def test_bad_budgets_stop_before_any_trial(tmp_path, base, study_data, kw, expected):
@@ -308,6 +312,22 @@ def test_the_table_marks_a_pruned_trials_value():
     assert "1.5000 " in next(r for r in rows if "complete" in r and "trials:" not in r)
 
 
+def test_the_printed_command_gives_each_value_back_exactly_as_yaml_reads_it():
+    import yaml
+
+    params = {
+        "train.lr": 1e-05,
+        "train.min_lr": 3.0000000000000004e-4,
+        "model.dropout": 0.1 + 0.2,
+        "train.grad_clip": 1e16,
+        "model.lstm_size": 256,
+        "model.cell": "gru",
+    }
+    pairs = results.best_params_command(params).removeprefix("dvc exp run -S ").split(" -S ")
+    back = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+    assert back == params and all(type(back[k]) is type(v) for k, v in params.items())
+
+
 def test_pruners_on_a_synthetic_objective():
     """Each pruner stops trials whose intermediate values are worse, at the ladder's steps."""
 
@@ -464,6 +484,26 @@ def test_a_bf16_precision_this_cpu_cannot_run_fails_before_the_study(stage_repo)
     proc = subprocess.run(cmd, cwd=stage_repo, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "train.precision is bf16, but torch cannot run a bf16 LSTM" in proc.stderr
     assert not journal.exists(), proc.stdout
+
+
+@pytest.mark.slow
+def test_a_study_in_a_dvc_experiment_copy_logs_to_the_main_repos_store(stage_repo, tmp_path):
+    """As the stages do (src/utils/repo.py): without MLFLOW_TRACKING_URI, `python -m src.tune` run
+    in the copy `dvc exp run --temp` makes under <repo>/.dvc/tmp/exps/ logs to <repo>/mlflow.db."""
+    import yaml
+
+    copy = stage_repo / ".dvc" / "tmp" / "exps" / "tmpk4rnn4"
+    shutil.copytree(stage_repo, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", copy)
+    _tiny_repo_for_tune(copy, str(copy / "tune" / "journal.log"), n_trials=1)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["tracking"]["enabled"] = True
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in _env().items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "src.tune", "--n-trials", "1", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (stage_repo / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
 
 
 @pytest.mark.slow

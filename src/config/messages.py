@@ -3,7 +3,7 @@ wrong and how to fix it (the fix a field declares with `expect` in src/config/sc
 
 from __future__ import annotations
 
-from typing import Any, Optional, get_args, get_origin
+from typing import Any, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -119,12 +119,14 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def yaml_float(text: str) -> str:
-    """A number YAML reads as a float: 3e-3 -> 3.0e-3 (YAML 1.1 needs a dot in the mantissa)."""
-    mantissa, _, exponent = text.lower().partition("e")
-    if "." not in mantissa:
+def yaml_float(value: Union[float, str]) -> str:
+    """A number as YAML reads a float, exactly (a float's repr): 3e-3 -> 3.0e-3, 1e-05 -> 1.0e-05,
+    "3" -> 3.0 (YAML 1.1, as PyYAML and `dvc exp run -S` read it, needs a dot in the mantissa)."""
+    text = repr(value) if isinstance(value, float) else str(value).strip()
+    mantissa, e, exponent = text.lower().partition("e")
+    if "." not in mantissa and any(c.isdigit() for c in mantissa):  # not inf, nan
         mantissa += ".0"
-    return f"{mantissa}e{exponent}" if exponent else mantissa
+    return mantissa + e + exponent
 
 
 def kind_of(value: Any) -> str:

@@ -46,4 +46,5 @@ def windows(grid: torch.Tensor, seq_len: int, start: int = 0) -> Iterator[tuple[
 
 
 def num_windows(row_len: int, seq_len: int) -> int:
+    """The windows of a row, so the optimiser steps of one epoch (row_len: chars // rows)."""
     return (row_len - 1 + seq_len - 1) // seq_len

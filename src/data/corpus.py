@@ -18,7 +18,6 @@ from src.utils.errors import KarnnaError
 # The copy of the novel that lies beside the checkout in this environment; it is the text of
 # the original "Anna KaRNNa" notebook (no Gutenberg header, CRLF newlines).
 SHARED_CORPUS = Path("..") / "shared" / "data" / "anna.txt"
-SHARED_CORPUS_SHA256 = "568bb39fc78aca98e9db91c4329dcd1aa5ec4c3df3aca2064ce5d6f023ae16c9"
 
 _START = "*** START OF"
 _END = "*** END OF"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -31,8 +30,9 @@ from tqdm.auto import tqdm
 from src.config.schema import Config
 from src.tracking import wal
 from src.tracking.figures import save_loss_figure
-from src.tracking.store import checkpoint_run, connect, experiment_id, is_missing, store_call, tag_value
+from src.tracking.store import checkpoint_run, connect, experiment_id, is_missing, store_call
 from src.tracking.wal import Outbox
+from src.training.evaluate import bits_per_char
 from src.training.report import Reporter
 
 # How long a checkpoint waits for a store that answers slowly before the write-ahead file takes
@@ -79,14 +79,10 @@ class MlflowReporter(Reporter):
     def __init__(
         self,
         run_id: str,
-        experiment_id: str,
-        cfg: Config,
         outbox: Outbox,
         logged_params: Optional[Mapping[str, str]] = None,
     ):
         self.run_id = run_id
-        self.experiment_id = experiment_id
-        self.cfg = cfg
         self.outbox = outbox
         # MLflow refuses to change a param; a resumed run keeps the values it started with.
         self._logged_params = set(logged_params or ())
@@ -107,7 +103,7 @@ class MlflowReporter(Reporter):
         self.outbox.put({**record, "kept": True} if kept else record)
 
     def on_eval(self, step: int, val_loss: float) -> None:
-        self.log_metrics({"val_loss": val_loss, "val_bpc": val_loss / math.log(2.0)}, step)
+        self.log_metrics({"val_loss": val_loss, "val_bpc": bits_per_char(val_loss)}, step)
         self.flush()
 
     def flush(self) -> None:
@@ -212,7 +208,7 @@ def start_training_run(
             store_call(uri, lambda: client.log_inputs(run.info.run_id, [d.as_input() for d in datasets]))
     log = wal.WriteAheadLog(pending) if pending is not None else None
     outbox = wal.Outbox(client, uri, log, say)
-    reporter = MlflowReporter(run.info.run_id, exp_id, cfg, outbox, logged_params=run.data.params)
+    reporter = MlflowReporter(run.info.run_id, outbox, logged_params=run.data.params)
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
         yield reporter
@@ -254,7 +250,7 @@ def _end_failed(reporter: MlflowReporter, exc: BaseException, stopped: bool = Fa
     """Keep what was logged before the failure, and say why the run ended (sent by the sender
     thread, or kept with the rest while the store is away)."""
     status = RunStatus.KILLED if stopped or isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
-    reason = f"{type(exc).__name__}: {exc}"[:5000]
+    reason = f"{type(exc).__name__}: {exc}"
     try:
         reporter.flush()
     except Exception:
@@ -283,7 +279,7 @@ def log_to_run(
     now = int(time.time() * 1000)
     records = [
         {"uri": uri, "run": run_id, "metrics": [[k, float(v), now, int(step)] for k, v in (metrics or {}).items()]},
-        {"uri": uri, "run": run_id, "tags": {k: tag_value(v) for k, v in (tags or {}).items()}},
+        {"uri": uri, "run": run_id, "tags": dict(tags or {})},
         *({"uri": uri, "run": run_id, "artifact": str(Path(p).resolve()), "dir": None} for p in artifacts or []),
     ]
     records = [r for r in records if r.get("metrics", r.get("tags", True))]

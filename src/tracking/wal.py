@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2
 from mlflow.tracking import MlflowClient
 
-from src.tracking.store import StoreUnreachable, connect
+from src.tracking.store import StoreUnreachable, connect, tag_value
 from src.utils import faults
 from src.utils.errors import KarnnaError, first_line
 
@@ -177,7 +177,7 @@ def send(client: MlflowClient, record: dict[str, Any]) -> None:
     elif "params" in record:
         client.log_batch(run, params=[Param(k, v) for k, v in record["params"].items()])
     elif "tags" in record:
-        client.log_batch(run, tags=[RunTag(k, v) for k, v in record["tags"].items()])
+        client.log_batch(run, tags=[RunTag(k, tag_value(v)) for k, v in record["tags"].items()])
     elif "artifact" in record:
         path = Path(record["artifact"])
         if path.is_dir():

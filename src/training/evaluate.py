@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from src.data import batches
 from src.model.charrnn import CharRNN
 from src.training.device import autocast
+from src.utils.errors import KarnnaError
 
-LN2 = math.log(2.0)
+_LN2 = math.log(2.0)
+
+
+def bits_per_char(loss_nats: float) -> float:
+    """A loss in nats per character as bits per character."""
+    return loss_nats / _LN2
 
 
 @torch.no_grad()
@@ -49,6 +55,15 @@ def stream_loss(
         model.train(was_training)
 
 
+def check_prefix(eval_chars: Optional[int], val_chars: int) -> None:
+    """tune.eval_chars, the validation prefix a tuner's early validations score, must fit the split."""
+    if eval_chars is not None and not 2 <= eval_chars <= val_chars:
+        raise KarnnaError(
+            f"tune.eval_chars: {eval_chars:,} is not within the validation split (2 to {val_chars:,} "
+            "characters); lower it or set it to null (the whole split)"
+        )
+
+
 def scores(loss_nats: float) -> dict[str, float]:
     """Loss in nats, bits per character and perplexity."""
-    return {"loss": loss_nats, "bpc": loss_nats / LN2, "perplexity": math.exp(loss_nats)}
+    return {"loss": loss_nats, "bpc": bits_per_char(loss_nats), "perplexity": math.exp(loss_nats)}

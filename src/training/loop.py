@@ -67,7 +67,7 @@ class TrainResult:
     def metrics(self) -> dict:
         return {
             "best_val_loss": self.best_val_loss,
-            "best_val_bpc": self.best_val_loss / evaluate.LN2,
+            "best_val_bpc": evaluate.bits_per_char(self.best_val_loss),
             "best_step": self.best_step,
             "steps": self.steps,
             "epochs": self.epochs,
@@ -210,7 +210,7 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
     train_loss = state.train_history[-1][1] if state.train_history else math.nan
     ctx.say(
         f"step {state.step:>6}/{state.total_steps}  train {train_loss:.4f}  "
-        f"val {loss:.4f} nats ({loss / evaluate.LN2:.3f} bpc)  best {state.best_val:.4f} @ {state.best_step}"
+        f"val {loss:.4f} nats ({evaluate.bits_per_char(loss):.3f} bpc)  best {state.best_val:.4f} @ {state.best_step}"
         + ("  *" if improved else "")
     )
     for hook in ctx.hooks:
@@ -265,11 +265,7 @@ def train(
     # The whole split lives on the device once; every batch is a view of it.
     grid = batches.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
     val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
-    if eval_chars is not None and not 2 <= eval_chars <= len(val):
-        raise KarnnaError(
-            f"tune.eval_chars: {eval_chars:,} is not within the validation split's {len(val):,} "
-            "characters; lower it or set it to null (the whole split)"
-        )
+    evaluate.check_prefix(eval_chars, len(val))
     ctx = TrainContext(
         cfg,
         vocab,

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import optuna
 import yaml
 
+from src.config.messages import yaml_float
 from src.utils import fileio
 
 
@@ -40,19 +41,13 @@ def best_trials_table(study: optuna.Study, top: int = 10) -> str:
 
 def best_params_command(params: dict[str, Any]) -> str:
     """The pipeline command that trains as the trial did (values exact, not rounded)."""
-    return "dvc exp run " + " ".join(f"-S {k}={_exact(v)}" for k, v in params.items())
+    return "dvc exp run " + " ".join(
+        f"-S {k}={yaml_float(v) if isinstance(v, float) else v}" for k, v in params.items()
+    )
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _exact(v: Any) -> str:
-    """repr, with a dot in the mantissa: YAML (dvc -S) reads 1e-05 as a string, 1.0e-05 as a number."""
-    if not isinstance(v, float):
-        return str(v)
-    mantissa, e, exponent = repr(v).partition("e")
-    return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else repr(v)
 
 
 def write_best(study: optuna.Study, path: Path) -> Optional[dict[str, Any]]:

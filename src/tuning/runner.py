@@ -29,13 +29,13 @@ from src.data.vocab import Vocab
 from src.model.charrnn import count_params
 from src.tracking import runs, trials
 from src.tracking.figures import study_figures
+from src.training import evaluate
 from src.training.loop import train
 from src.training.setup import build_model
 from src.training.state import TrainPaths
 from src.tuning import space as search
 from src.tuning.sampler import TrialSeededSampler
 from src.tuning.storage import run_failed_on_loss
-from src.utils.errors import KarnnaError
 
 # The objective as optuna-dashboard and Optuna's plots name it.
 METRIC_NAME = "val loss (nats/char)"
@@ -167,11 +167,7 @@ def check_study(base: Config, space: TuneConfig, study_data: StudyData) -> int:
         if dim is not None:
             largest[name] = max(dim.choices) if dim.choices is not None else int(dim.high)
     search.trial_steps(with_overrides(base, largest, "tune.space"), budget)
-    if space.eval_chars is not None and space.eval_chars > len(study_data.val_ids):
-        raise KarnnaError(
-            f"tune.eval_chars: {space.eval_chars:,} is longer than the validation split "
-            f"({len(study_data.val_ids):,} characters); lower it or set it to null (the whole split)"
-        )
+    evaluate.check_prefix(space.eval_chars, len(study_data.val_ids))
     return budget
 
 

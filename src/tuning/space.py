@@ -21,6 +21,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from src.config.schema import Config, Dimension, TuneConfig, with_overrides
+from src.data import batches
 from src.utils.errors import KarnnaError
 
 # The seed notebook's configuration (2x512 LSTM, dropout 0.5, Adam at 1e-3, 100-character windows).
@@ -161,7 +162,7 @@ def pipeline_overrides(base: Config, params: dict[str, Any], steps: int, train_c
     overrides = dict(params)
     if steps != cfg.train.max_steps:
         overrides["train.max_steps"] = steps
-    per_epoch = max(1, math.ceil((train_chars // cfg.train.batch_size - 1) / cfg.train.seq_len))
+    per_epoch = max(1, batches.num_windows(train_chars // cfg.train.batch_size, cfg.train.seq_len))
     if cfg.train.epochs * per_epoch < steps:
         overrides["train.epochs"] = math.ceil(steps / per_epoch)
     return overrides

@@ -1,7 +1,8 @@
 """How an entry point ends when the world, not its input, stops it: a signal or a full disk.
 
-Every long-running entry point (the pipeline stages through pipeline/common.py, `python -m
-src.tune` and its worker processes, `python -m src.sample`) runs its main() through `run`:
+Every entry point (the pipeline stages through pipeline/common.py, and each `python -m src.<tool>`
+command's main(), a tuner's worker processes included) runs its work through `run`, the one place
+that writes the `error: ` line (tests/test_house_rules.py):
 
 - bad input (KarnnaError) and a full disk (ENOSPC, EDQUOT, SQLite's "database or disk is full")
   are one line `error: ...` on stderr and exit status 2;
