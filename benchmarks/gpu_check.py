@@ -284,7 +284,7 @@ def time_real_loop(
     )
     report["seed_recipe_minutes"] = SEED_EPOCHS * len(train_ids) / seed_rate / 60
     print(
-        f"\nsrc.train.train(), {loop['steps']} steps ({loop['precision']}, validation and checkpoints included): "
+        f"\nsrc.training.loop.train(), {loop['steps']} steps ({loop['precision']}, validation and checkpoints included): "
         f"{fmt_rate(loop['chars_per_sec'])} chars/s, val loss {loop['val_loss']:.4f}. The seed's full recipe "
         f"({SEED_EPOCHS} epochs, batch {BATCH} x {SEQ_LEN}, bf16): about {report['seed_recipe_minutes']:.1f} min; "
         f"goal >= 1M chars/s at batch {BATCH}: {'met' if seed_rate >= 1e6 else 'not met'}"

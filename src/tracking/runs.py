@@ -184,7 +184,7 @@ def start_training_run(
 
     `pending` (a folder beside the checkpoints) keeps what the store has not confirmed while it
     does not answer: training goes on, `say` tells the user in one line when the store goes and
-    when it comes back, and what is kept there from an earlier stage is sent first (tracking_wal).
+    when it comes back, and what is kept there from an earlier stage is sent first (src/tracking/wal.py).
     """
     if not cfg.tracking.enabled:
         yield Reporter()
