@@ -25,17 +25,13 @@ def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
             first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
             lines = node.end_lineno - first + 1
             if lines > limit:
-                found.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+                where = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
+                found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
     return found
 
 
 def test_no_function_is_longer_than_a_screen():
-    found = [
-        f"{folder}/{f}"
-        for folder in CHECKED
-        for path in sorted((REPO / folder).rglob("*.py"))
-        for f in long_functions(path)
-    ]
+    found = [f for folder in CHECKED for path in sorted((REPO / folder).rglob("*.py")) for f in long_functions(path)]
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines; split them: " + "; ".join(found)
 
 
