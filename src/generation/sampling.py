@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
@@ -112,16 +113,29 @@ def stream(
     check_request(length, top_k, temperature, seed, num_samples)
     prime_ids = vocab.encode_prime(prime)
     k = top_k if 0 < top_k < vocab.size else 0
-    return _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv, piecewise)
+    return _pieces(model, vocab, prime, prime_ids, Draws(length, k, temperature, seed, num_samples, gemv, piecewise))
+
+
+@dataclass(frozen=True)
+class Draws:
+    """A checked request: how many characters, for how many samples, drawn how."""
+
+    length: int
+    k: int  # top-k, 0 for the whole distribution
+    temperature: float
+    seed: Optional[int]
+    num_samples: int
+    gemv: Optional[str]  # the Stepper's path; None: the fastest measured here
+    piecewise: bool  # CHECK_EVERY characters a piece, else one piece unless a path is watched
 
 
 @torch.inference_mode()
-def _pieces(model, vocab, prime, prime_ids, length, k, temperature, seed, num_samples, gemv, piecewise):
-    yield [prime] * num_samples
+def _pieces(model: CharRNN, vocab: Vocab, prime: str, prime_ids, draws: Draws) -> Iterator[list[str]]:
+    yield [prime] * draws.num_samples
     model.eval()
     device = model.head.weight.device
-    with _threads_for(device, num_samples * count_params(model)):
-        for ids in _stretches(model, prime_ids, length, k, temperature, seed, num_samples, gemv, piecewise):
+    with _threads_for(device, draws.num_samples * count_params(model)):
+        for ids in _stretches(model, prime_ids, draws):
             yield [vocab.decode(row.tolist()) for row in ids]
 
 
@@ -151,17 +165,7 @@ def _draw_one(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (probs / torch.empty_like(probs).exponential_(generator=gen)).argmax(dim=-1, keepdim=True)
 
 
-def _stretches(
-    model: CharRNN,
-    prime_ids,
-    length: int,
-    k: int,
-    temperature: float,
-    seed: Optional[int],
-    num_samples: int,
-    gemv: Optional[str] = None,
-    piecewise: bool = True,
-) -> Iterator[torch.Tensor]:
+def _stretches(model: CharRNN, prime_ids, draws: Draws) -> Iterator[torch.Tensor]:
     """-> (num_samples, n) ids on the CPU, CHECK_EVERY characters at a time (piecewise, or on a
     watched path), else all at once. How the draws are cut into stretches changes nothing else:
     each stretch steps past its last draw for the next."""
@@ -169,23 +173,25 @@ def _stretches(
     # On the model's device (CUDA's or the CPU's), so that a draw never waits for a copy to the host.
     draw_on = device if device.type in ("cpu", "cuda") else torch.device("cpu")
     gen = torch.Generator(device=draw_on)
-    if seed is not None:
-        gen.manual_seed(seed)
+    if draws.seed is not None:
+        gen.manual_seed(draws.seed)
     else:
         gen.seed()
-    idx = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0).expand(num_samples, -1)
+    idx = torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0).expand(draws.num_samples, -1)
     logits, hidden = model(idx)
-    if device.type == "cpu" and num_samples < STEPPER_BELOW:
-        step = Stepper(model, gemv or (FP32 if seed is not None else None))  # a seed asks for its text
+    if device.type == "cpu" and draws.num_samples < STEPPER_BELOW:
+        # a seed asks for its text: an fp32 path
+        step = Stepper(model, draws.gemv or (FP32 if draws.seed is not None else None))
     else:
         step = FusedStepper(model)
     states, last = step.states(hidden), logits[:, -1]
+    length = draws.length
     while length > 0:
         # a measured threaded path is watched stretch by stretch (src/generation/stepper.py)
-        n = min(length, CHECK_EVERY) if piecewise or step.limit is not None else length
+        n = min(length, CHECK_EVERY) if draws.piecewise or step.limit is not None else length
         start = time.perf_counter()
         with step.threads():
-            ids, last, states = _loop(step, states, last, n, k, temperature, gen, draw_on, n < length)
+            ids, last, states = _loop(step, states, last, n, draws.k, draws.temperature, gen, draw_on, n < length)
         seconds = time.perf_counter() - start  # before the yield: a slow reader is not a slow path
         yield ids
         length -= n
