@@ -51,11 +51,11 @@ def main() -> None:
         tracking_uri(),
         payload["run_id"],
         BEST,
-        payload["step"],
-        scores["val"]["loss"],
-        fingerprint,
-        cfg.tracking.model_name,
-        example,
+        step=payload["step"],
+        score=scores["val"]["loss"],
+        fingerprint=fingerprint,
+        model_name=cfg.tracking.model_name,
+        input_example=example,
     )
     fileio.write_json(
         REGISTRATION,

@@ -97,7 +97,14 @@ def test_concurrent_decisions_end_on_one_champion(uri, corpus, tmp_path, monkeyp
 
     def register(i, score):
         results[i] = registry.register(
-            uri, runs[i], tmp_path / f"r{i}" / "best.pt", 20, score, "race-data", "race2", {"prime": "Happy"}
+            uri,
+            runs[i],
+            tmp_path / f"r{i}" / "best.pt",
+            step=20,
+            score=score,
+            fingerprint="race-data",
+            model_name="race2",
+            input_example={"prime": "Happy"},
         )
 
     threads = [

@@ -93,11 +93,11 @@ def register_checkpoint(cfg, uri, run_id, best: Path, val_ids, fingerprint, scor
         uri,
         run_id,
         best,
-        payload["step"],
-        score,
-        fingerprint,
-        cfg.tracking.model_name,
-        {"prime": "Happy", "length": 50},
+        step=payload["step"],
+        score=score,
+        fingerprint=fingerprint,
+        model_name=cfg.tracking.model_name,
+        input_example={"prime": "Happy", "length": 50},
     )
 
 

@@ -91,6 +91,7 @@ def register(
     tracking_uri: str,
     run_id: str,
     checkpoint: Path,
+    *,
     step: int,
     score: float,
     fingerprint: str,
