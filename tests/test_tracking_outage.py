@@ -189,7 +189,7 @@ def test_a_server_gone_for_good_costs_no_training_and_sync_completes_the_run(ser
 KILLED_TRAINING = """
 import os, signal, sys
 from pathlib import Path
-from src.data import batches
+from src.data.splits import split_ids
 from src.data.vocab import build_vocab
 from tests.conftest import TINY_TEXT
 from tests.test_tracking import tiny_config
@@ -213,7 +213,7 @@ def test_a_training_killed_during_an_outage_resumes_into_the_same_run(server, co
     folder.mkdir()
     script = KILLED_TRAINING.format(folder=folder, pgid=server.proc.pid, uri=server.uri)
     killed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
-    server.proc.wait()
+    server.proc.wait(timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     kept = [json.loads(line) for line in (folder / wal.FOLDER / "log.jsonl").read_text().splitlines()]
     assert {s for r in kept for _, _, _, s in r.get("metrics", [])} >= {12, 20}
