@@ -1,12 +1,6 @@
-"""One MLflow tracking server for a team: runs and the model registry in PostgreSQL, artifacts
-proxied by the server (clients need no access to the artifact store), on loopback by default.
-
-    python -m src.tracking_server --db postgresql://mlflow:PASSWORD@dbhost/karnna_mlflow \\
-        --artifacts /srv/karnna/mlartifacts            # or s3://bucket/mlartifacts
-    python -m src.tracking_server ... --host 0.0.0.0 -- --allowed-hosts tracking.lan:5000
-
-It checks that the database answers, then becomes `mlflow server` (arguments after `--` are
-passed on). See docs/TEAM.md.
+"""What `python -m src.tracking_server` (src/tracking_server.py) runs before it becomes `mlflow
+server`: the database must answer, the artifact folder must be writable, and the command line
+that serves runs and the registry from PostgreSQL with proxied artifacts. See docs/TEAM.md.
 """
 
 from __future__ import annotations
