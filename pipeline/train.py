@@ -27,10 +27,10 @@ from src.data import corpus
 from src.data.vocab import PRIME_PARAM, Vocab
 from src.tracking import runs, wal
 from src.tracking.runs import DatasetInfo
-from src.training.device import configure_process, resolve_device, resolve_precision
+from src.training.device import configure_process, resolve_device, resolve_precision, shared_cores
 from src.training.loop import train
 from src.training.state import TrainPaths, plan_resume
-from src.utils import fileio
+from src.utils import cores, fileio
 
 # The outputs DVC does not cache: persist in dvc.yaml, so train() clears them before its first step.
 OUTPUTS = (METRICS / "train.json", PLOTS / "train_loss.csv", PLOTS / "val_loss.csv")
@@ -61,6 +61,7 @@ def datasets(cfg, train_ids, val_ids) -> list[DatasetInfo]:
 @stage
 def main() -> None:
     cfg = load_config()
+    cores.reproducible_fp32(os.environ)  # before torch's first product
     wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     device = resolve_device(cfg.train.device)
     configure_process(cfg.train.num_threads, device)
@@ -79,15 +80,21 @@ def main() -> None:
     # A resumed training continues the MLflow run its checkpoint names.
     resume_run_id = resume.get("run_id") if resume else None
     inputs = datasets(cfg, train_ids, val_ids)
-    with runs.start_training_run(
-        cfg,
-        uri,
-        context,
-        resume_run_id=resume_run_id,
-        run_name=run_name(context),
-        datasets=inputs,
-        pending=MODELS / wal.FOLDER,
-    ) as reporter:
+    registry = cores.registry_path(os.environ)
+    with (
+        shared_cores(cfg.train.num_threads, device, registry) as rebalance,
+        runs.start_training_run(
+            cfg,
+            uri,
+            context,
+            resume_run_id=resume_run_id,
+            run_name=run_name(context),
+            datasets=inputs,
+            pending=MODELS / wal.FOLDER,
+        ) as reporter,
+    ):
+        if (threads := rebalance()) is not None:
+            print(f"train: {threads} of {cores.usable_cores()} cores, shared with the other karnna trainings here")
         result = train(
             cfg,
             vocab,
@@ -97,6 +104,7 @@ def main() -> None:
             reporter=reporter,
             resume=resume,
             on_start=lambda: clear_outputs(*OUTPUTS),
+            on_log=rebalance,
         )
         write_history(result)
         fileio.write_json(METRICS / "train.json", result.metrics())

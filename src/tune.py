@@ -18,17 +18,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import MutableMapping, Optional
 
 from src.config.schema import config_from_dict, tune_config_from_dict, with_overrides
 from src.data.vocab import Vocab
 from src.tracking import runs, wal
-from src.training.device import configure_process, resolve_device, resolve_precision
+from src.training.device import configure_process, resolve_device, resolve_precision, shared_cores
 from src.tuning import processes
 from src.tuning.results import best_trials_table, write_best
 from src.tuning.runner import StudyData, close_study_run, run_study
 from src.tuning.storage import StorageLost, lost_trial_callback, storage_for
-from src.utils import faults, fileio, repo
+from src.utils import cores, faults, fileio, repo
 from src.utils.errors import KarnnaError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +82,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     return faults.run(study, "src.tune", quiet_interrupt=bool(args.join))
 
 
-def tune(args: argparse.Namespace, raw_argv: list[str], environ: Mapping[str, str]) -> int:
+def tune(args: argparse.Namespace, raw_argv: list[str], environ: MutableMapping[str, str]) -> int:
     """Run this worker's share of the study; the first worker also starts the others (--n-jobs)
     and reports. raw_argv: the command line the other workers get; environ: for the store."""
+    cores.reproducible_fp32(environ)  # before torch's first product: losses whatever the threads
     raw = fileio.read_params(args.params)
     base = config_from_dict(raw, args.params.name)
     space = tune_config_from_dict(raw, args.params.name)
@@ -119,18 +120,20 @@ def tune(args: argparse.Namespace, raw_argv: list[str], environ: Mapping[str, st
     shares = [n_trials] if args.join else processes.split_trials(n_trials, workers)
     joined: list = []
     try:
-        study = run_study(
-            base,
-            space,
-            study_data,
-            storage,
-            n_trials=shares[0],
-            timeout=args.timeout,
-            n_jobs=threads,
-            tracking_uri=uri,
-            progress=not args.no_progress,
-            on_ready=lambda: joined.extend(processes.start(raw_argv, shares)),
-        )
+        with shared_cores(base.train.num_threads, device, cores.registry_path(environ)) as rebalance:
+            study = run_study(
+                base,
+                space,
+                study_data,
+                storage,
+                n_trials=shares[0],
+                timeout=args.timeout,
+                n_jobs=threads,
+                tracking_uri=uri,
+                progress=not args.no_progress,
+                on_ready=lambda: joined.extend(processes.start(raw_argv, shares)),
+                on_log=rebalance,
+            )
         failed = [code for code in processes.finish(joined) if code != 0]
     except BaseException:
         processes.stop(joined)

@@ -50,6 +50,8 @@ def tiny_params(**overrides: dict) -> dict:
             "device": "cpu",
             "precision": "fp32",
             "log_interval": 5,
+            # one thread, not a share of the cores (train.num_threads: auto): see torch.set_num_threads above
+            "num_threads": 1,
         },
         "evaluate": {"rows": 4, "chunk_len": 32},
         "sample": {"length": 50},

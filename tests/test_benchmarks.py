@@ -2,13 +2,16 @@
 training benchmarks' process set up as the train stage's, and a smoke run of every script."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from benchmarks import common, encode_speed, gpu_check, peak, profile_step, sample_speed, train_speed
+from benchmarks import common, core_sharing, encode_speed, gpu_check, peak, profile_step, sample_speed, train_speed
 from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
+from tests.conftest import sh, write_params
 from tests.test_device import GLIBC, faults
 
 
@@ -78,7 +81,16 @@ def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monk
 
 
 # Every script in benchmarks/ that docs/BENCHMARKS.md runs: a new one gets its smoke test here.
-SCRIPTS = ("encode_speed", "gpu_check", "peak", "profile_step", "sample_precision", "sample_speed", "train_speed")
+SCRIPTS = (
+    "core_sharing",
+    "encode_speed",
+    "gpu_check",
+    "peak",
+    "profile_step",
+    "sample_precision",
+    "sample_speed",
+    "train_speed",
+)
 
 
 def test_every_benchmark_script_is_smoke_tested():
@@ -123,3 +135,27 @@ def test_encode_speed_times_the_novel(capsys):
 def test_gpu_check_says_in_one_line_that_there_is_no_gpu(capsys):
     assert gpu_check.main([]) == 0
     assert "sees no CUDA GPU here: nothing was checked" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
+def test_a_queued_grid_runs_two_at_once_with_the_losses_of_one_at_a_time(repo, tmp_path, capsys):
+    """DVC's queue, as README shows it: the corpus stage of a queued experiment finds the novel
+    beside the repository, and every experiment's losses are the same whether the queue runs
+    them one at a time or two at once (train.num_threads: auto shares the cores)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["path"] = None
+    params["train"]["num_threads"] = "auto"
+    params["tracking"]["enabled"] = True
+    write_params(repo, params)
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "tiny")
+    out = tmp_path / "figures.json"
+    core_sharing.main(
+        ["--repo", str(repo), "--steps", "20", "--alone", "1", "--grid", "train.seed=1,2", "--json", str(out)]
+    )
+    figures = json.loads(out.read_text())
+    assert set(figures["j1"]["experiments"]) == {"1", "2"}
+    assert figures["identical"], figures
+    assert figures["j1"]["experiments"]["1"] != figures["j1"]["experiments"]["2"]  # the grid changed something
+    assert "wall time" in capsys.readouterr().out

@@ -45,6 +45,25 @@ def test_locate(tmp_path):
         corpus.locate("missing.txt", repo)
 
 
+def test_locate_from_a_dvc_experiment_copy(tmp_path):
+    """`dvc exp run --temp` and queued experiments run in <repo>/.dvc/tmp/exps/...: the novel beside
+    the repository, and a data.path that only the repository holds, are found from there too."""
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "run" / "exp-1a2b3"
+    copy.mkdir(parents=True)
+    assert corpus.locate(None, copy) is None
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    (shared / "anna.txt").write_text("x")
+    assert corpus.locate(None, copy).resolve() == (shared / "anna.txt").resolve()
+    (repo / "mine.txt").write_text("y")
+    assert corpus.locate("mine.txt", copy) == repo / "mine.txt"
+    (copy / "mine.txt").write_text("z")
+    assert corpus.locate("mine.txt", copy) == copy / "mine.txt"  # the copy's own first
+    with pytest.raises(KarnnaError, match=r"looked at .*exp-1a2b3/gone.txt and .*repo/gone.txt"):
+        corpus.locate("gone.txt", copy)
+
+
 def test_checksum():
     corpus.check_sha256(b"abc", None, "x")
     corpus.check_sha256(b"abc", corpus.sha256(b"abc"), "x")

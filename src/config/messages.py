@@ -24,6 +24,9 @@ def _first_error(errors: list[dict]) -> dict:
         members = [e for e in errors if e["loc"][:-1] == first["loc"][:-1]]
         first = next((e for e in members if e["loc"][-1] == "float"), first)
         first = {**first, "loc": first["loc"][:-1]}
+    elif len(errors) > 1 and all(e["loc"][:-1] == first["loc"][:-1] for e in errors) and first["loc"]:
+        # a Union of a choice and a number (train.num_threads: "auto" or a count): say what it takes
+        first = {"type": "union", "loc": first["loc"][:-1], "input": first.get("input")}
     return first
 
 
@@ -52,7 +55,7 @@ def one_line(cls: type[BaseModel], errors: list[dict], source: str, prefix: str 
 
 
 def _what(kind: str, value: Any, error: dict, expected: Optional[str]) -> str:
-    got = f"got {kind_of(value)} {value!r}"
+    got = "got null" if value is None else f"got {kind_of(value)} {value!r}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping of keys, got {kind_of(value)}"
     if kind == "literal_error":
@@ -72,6 +75,8 @@ def _what(kind: str, value: Any, error: dict, expected: Optional[str]) -> str:
         if kind == "finite_number":
             return f"expected a finite number, {got}" + (f"; use {expected}" if expected else "")
         return f"expected a number, {got}"
+    if kind == "union":
+        return f"expected {expected}, {got}"
     if kind == "list_type":
         return f"expected a list, e.g. [128, 256], {got}"
     return f"{value!r} is out of range; expected {expected or error['msg'].lower()}"

@@ -101,8 +101,12 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     # "auto": bf16 autocast where the device has fast bf16 matmuls, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    # Torch intra-op threads on CPU, set by the entry point. 0: torch's default (one per core).
-    num_threads: int = Field(0, ge=0, **_expect("0 or more"))
+    # Torch intra-op threads on CPU, set by the entry point. "auto": this machine's cores shared
+    # among the karnna trainings running on it (src/utils/cores.py); 0: torch's default (every
+    # core); N: exactly N.
+    num_threads: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = Field(
+        "auto", **_expect('"auto", 0 (torch\'s default) or a number of threads')
+    )
     # Refresh the progress bar's loss every this many steps (each refresh costs a host sync).
     log_interval: PositiveInt = 25
     # Write models/last.pt with everything needed to resume exactly every this many steps.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from src.utils.errors import KarnnaError
+from src.utils.repo import main_repo_root
 
 # The copy of the novel that lies beside the checkout in this environment; it is the text of
 # the original "Anna KaRNNa" notebook (no Gutenberg header, CRLF newlines).
@@ -26,19 +27,22 @@ _END = "*** END OF"
 def locate(path: Optional[str], repo_root: Path) -> Optional[Path]:
     """The corpus file to use, or None when it must be fetched.
 
-    A user-given path is relative to the repo root; it must exist.
+    A user-given path is relative to the repo root; it must exist. In a DVC experiment's copy of
+    the repo (`dvc exp run --temp`, a queued experiment: <repo>/.dvc/tmp/exps/...), which holds
+    only what git and DVC track, both are also looked for beside the repository itself.
     """
+    roots = list(dict.fromkeys((repo_root, main_repo_root(repo_root))))
     if path is not None:
         p = Path(path)
-        p = p if p.is_absolute() else repo_root / p
-        if not p.is_file():
+        tried = [p] if p.is_absolute() else [root / p for root in roots]
+        found = next((t for t in tried if t.is_file()), None)
+        if found is None:
             raise KarnnaError(
-                f"params.yaml: data.path: {path!r} does not exist (looked at {p}); "
+                f"params.yaml: data.path: {path!r} does not exist (looked at {' and '.join(map(str, tried))}); "
                 "put your UTF-8 text there or set data.path: null to use the novel"
             )
-        return p
-    shared = repo_root / SHARED_CORPUS
-    return shared if shared.is_file() else None
+        return found
+    return next((root / SHARED_CORPUS for root in roots if (root / SHARED_CORPUS).is_file()), None)
 
 
 def strip_gutenberg(text: str) -> str:

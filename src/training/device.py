@@ -7,12 +7,14 @@ import ctypes
 import functools
 import platform
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 
 from src.model.cells import CELLS
+from src.utils.cores import CoreShare
 from src.utils.errors import KarnnaError
 
 
@@ -124,11 +126,42 @@ def keep_freed_memory() -> bool:
     return libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW) == 1
 
 
-def configure_process(num_threads: int, device: torch.device) -> bool:
+def configure_process(num_threads: Union[int, str], device: torch.device) -> bool:
     """The process-wide settings of a training or evaluation, for entry points only (stages,
-    `python -m src.tune`, the training benchmarks): torch's intra-op threads (0: torch's default)
-    and, on CPU, glibc's malloc keeping freed memory. Never called by the library: two trainings
-    in one process would otherwise change each other's settings. -> whether malloc keeps freed memory."""
-    if num_threads:
+    `python -m src.tune`, the training benchmarks): torch's intra-op threads (0: torch's default;
+    "auto": left to `shared_cores`) and, on CPU, glibc's malloc keeping freed memory. Never called
+    by the library: two trainings in one process would otherwise change each other's settings.
+    -> whether malloc keeps freed memory."""
+    if isinstance(num_threads, int) and num_threads:
         torch.set_num_threads(num_threads)
     return device.type == "cpu" and keep_freed_memory()
+
+
+@contextlib.contextmanager
+def shared_cores(
+    num_threads: Union[int, str], device: torch.device, registry: Path, every: float = 1.0
+) -> Iterator[Callable[[], Optional[int]]]:
+    """For an entry point that trains: with train.num_threads "auto" on CPU, this process's share
+    of the machine's cores (src/utils/cores.py) while the block runs. Yields `rebalance`, for
+    train()'s `on_log`: it re-reads the share (at most once per `every` seconds) and sets torch's
+    threads when the share changed, -> the threads now. It must run in the training thread:
+    OpenMP's thread count belongs to the thread that sets it. Otherwise (a fixed count, a GPU)
+    rebalance does nothing and returns None. The losses do not depend on the count (bf16: oneDNN;
+    fp32: MKL in its strict reproducible mode, which the training entry points switch on)."""
+    if num_threads != "auto" or device.type != "cpu":
+        yield lambda: None
+        return
+    with CoreShare(registry) as share:
+        last = -float("inf")
+
+        def rebalance() -> Optional[int]:
+            nonlocal last
+            if time.monotonic() - last >= every:
+                last = time.monotonic()
+                threads = share.threads()
+                if threads != torch.get_num_threads():
+                    torch.set_num_threads(threads)
+            return torch.get_num_threads()
+
+        rebalance()
+        yield rebalance

@@ -171,6 +171,7 @@ class TrainContext:
     eval_steps: Optional[Collection[int]] = None  # None: every train.eval_interval steps
     eval_chars: Optional[int] = None  # None: every validation scores the whole split
     say: Callable[[str], None] = print  # a line for the user, above the progress bar
+    on_log: Callable[[], object] = lambda: None  # at each log point, in the training thread
 
     @property
     def steps_per_epoch(self) -> int:
@@ -247,6 +248,7 @@ def train(
     eval_steps: Optional[Collection[int]] = None,
     eval_chars: Optional[int] = None,
     on_start: Callable[[], None] = lambda: None,
+    on_log: Callable[[], object] = lambda: None,
 ) -> TrainResult:
     """Train, from scratch or from a plan_resume() payload; write best and last checkpoints.
 
@@ -255,7 +257,8 @@ def train(
     pipeline uses neither): `eval_steps` validates at these steps (and the last) instead of every
     train.eval_interval; `eval_chars` scores the validations before the last on the first
     eval_chars characters of the split (validate()). `on_start` runs once the inputs are checked,
-    before the first step (the train stage removes its previous metrics and plots there)."""
+    before the first step (the train stage removes its previous metrics and plots there). `on_log`
+    runs in the training thread at each log point (an entry point re-balances its threads there)."""
     t = cfg.train
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.training.device.configure_process).
@@ -278,6 +281,7 @@ def train(
         reporter,
         eval_steps,
         eval_chars,
+        on_log=on_log,
     )
     total_steps = min(t.epochs * ctx.steps_per_epoch, t.max_steps or math.inf)
     state = new_state(cfg, vocab, total_steps, fingerprint(cfg, train_ids, val_ids), device, reporter.run_id)
@@ -370,6 +374,7 @@ def run_steps(ctx: TrainContext, state: TrainState, losses: LossLog, bar: tqdm) 
             if state.step % t.log_interval == 0 or evaluating or saving:
                 losses.drain(state)  # the histories are complete in what is evaluated and saved
                 _show_progress(bar, ctx, state, losses)
+                ctx.on_log()
             if evaluating:
                 validate(ctx, state)
             if saving:

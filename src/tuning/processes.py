@@ -19,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _ALONE = ("--n-jobs", "--n-trials", "--join")  # options the caller's line gives per worker
@@ -31,10 +31,11 @@ def default_jobs(device_type: str) -> int:
     return max(1, os.cpu_count() or 1) if device_type == "cpu" else 1
 
 
-def threads_per_trial(num_threads: int, n_jobs: int) -> int:
-    """train.num_threads when set, else the cores split between the trials running at once
-    (0, torch's default of one thread per core, for a single trial)."""
-    if num_threads or n_jobs == 1:
+def threads_per_trial(num_threads: Union[int, str], n_jobs: int) -> Union[int, str]:
+    """train.num_threads when a count or for a single trial ("auto": the process's share of the
+    machine's cores, src/utils/cores.py; 0: torch's default), else the cores split between the
+    trials running at once in this process."""
+    if num_threads not in (0, "auto") or n_jobs == 1:
         return num_threads
     return max(1, (os.cpu_count() or 1) // n_jobs)
 

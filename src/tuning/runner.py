@@ -91,6 +91,7 @@ def objective_for(
     tracking_uri: Optional[str],
     parent_run_id: Optional[str],
     log: Callable[[str], None],
+    on_log: Callable[[], object] = lambda: None,
 ) -> Callable[[optuna.Trial], float]:
     budget = search.budget_chars(space, base)
 
@@ -133,6 +134,7 @@ def objective_for(
                     on_eval=[pruning],
                     eval_steps=rungs,
                     eval_chars=space.eval_chars,
+                    on_log=on_log,
                 )
                 final = result.val_history[-1][1]  # the whole split, at the end of the budget
                 inner.log_metrics({"final_val_loss": final, "n_params": n_params}, result.steps)
@@ -183,12 +185,14 @@ def run_study(
     progress: bool = True,
     log: Callable[[str], None] = print,
     on_ready: Optional[Callable[[], None]] = None,
+    on_log: Callable[[], object] = lambda: None,
 ) -> optuna.Study:
     """Create or resume the study and run n_trials more trials (or until timeout).
 
     The sampler is seeded per trial from tune.seed (src/tuning/sampler.py): every process of a
     study draws its own suggestions. on_ready: called once the study, its enqueued trials and
     its parent run exist, before the first trial (where `--n-jobs` starts the other workers).
+    on_log: each training's train() `on_log` (the command re-balances its threads there).
     """
     budget = check_study(base, space, study_data)
     study = optuna.create_study(
@@ -229,7 +233,7 @@ def run_study(
                 best = "-"
             bar.set_postfix_str(f"last: {trial.state.name.lower()} {trial.value or float('nan'):.4f}  best {best}")
 
-    objective = objective_for(base, space, study_data, tracking_uri, parent_run_id, log)
+    objective = objective_for(base, space, study_data, tracking_uri, parent_run_id, log, on_log)
     with _quiet_optuna(), run_failed_on_loss(tracking_uri, parent_run_id):
         study.optimize(
             objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, catch=(Exception,), callbacks=[on_trial_end]
