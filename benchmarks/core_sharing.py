@@ -91,15 +91,21 @@ def grid(source: Path, root: Path, name: str, steps: int, values: str, jobs: int
 
 
 def experiments(repo: Path, key: str) -> dict:
-    """{grid value: {metric: value}} of every experiment of the clone's commit."""
-    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    """{grid value: its losses} of every experiment in the clone: the training's best and final
+    losses (metrics/train.json) and the evaluate stage's score (metrics/eval.json)."""
     found = {}
-    for exp in shown[0].get("experiments") or []:
-        data = exp["revs"][0]["data"]
-        section, name = key.split(".")
-        value = data["params"]["params.yaml"]["data"][section][name]
-        metrics = {k: v for f in data["metrics"].values() for k, v in f["data"].items()}
-        found[str(value)] = {k: metrics[k] for k in ("best_val_loss", "final_train_loss", "val_loss") if k in metrics}
+    for base in json.loads(sh(repo, "dvc", "exp", "show", "--json")):
+        for exp in base.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            section, name = key.split(".")
+            value = data["params"]["params.yaml"]["data"][section][name]
+            train = data["metrics"]["metrics/train.json"]["data"]
+            evaluated = data["metrics"]["metrics/eval.json"]["data"]
+            found[str(value)] = {
+                "best_val_loss": train["best_val_loss"],
+                "final_train_loss": train["final_train_loss"],
+                "eval_loss": evaluated["val"]["loss"],
+            }
     return found
 
 
