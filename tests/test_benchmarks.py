@@ -119,6 +119,7 @@ def test_peak_runs_on_tiny_shapes(capsys, torch_threads):
     assert "| project | bf16 |" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
 def test_sample_speed_runs_a_tiny_round(capsys, torch_threads):
     argv = ["--rounds", "1", "--length", "10", "--ref-length", "5", "--batch", "2", "--batch-length", "5"]
     sample_speed.main(argv + ["--threads", "1"])

@@ -82,8 +82,9 @@ from src.utils.cores import CoreShare
 share = CoreShare(Path(sys.argv[1]), cores=4)
 share.join()
 Path(sys.argv[2]).touch()
+deadline = time.monotonic() + 120  # a test that failed does not leave it waiting forever
 for name in sys.argv[3:]:
-    while not Path(name).exists():
+    while not Path(name).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     print(share.threads(), flush=True)
 share.leave()
@@ -103,16 +104,20 @@ def test_processes_that_start_at_once_all_count_each_other(tmp_path):
         )
         for i in range(8)
     ]
-    deadline = time.monotonic() + 60
-    while not all((tmp_path / f"ready{i}").exists() for i in range(8)):
-        assert time.monotonic() < deadline, "the processes did not register"
-        time.sleep(0.05)
-    assert len(json.loads(path.read_text())) == 8
-    go.touch()
-    assert [int(p.stdout.readline()) for p in procs] == [1] * 8  # 4 cores, 8 trainings
-    leave.touch()
-    for p in procs:
-        p.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready{i}").exists() for i in range(8)):
+            assert time.monotonic() < deadline, "the processes did not register"
+            time.sleep(0.05)
+        assert len(json.loads(path.read_text())) == 8
+        go.touch()
+        assert [int(p.stdout.readline()) for p in procs] == [1] * 8  # 4 cores, 8 trainings
+        leave.touch()
+        for p in procs:
+            p.communicate(timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
     assert json.loads(path.read_text()) == []
 
 
