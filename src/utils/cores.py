@@ -2,7 +2,7 @@
 
 Two trainings that each take every core (torch's default) starve each other: OpenMP's threads
 spin while they wait for a core the other process holds, and each runs several times slower
-than alone (docs/BENCHMARKS.md, "Trainings side by side"). So each process that trains on CPU
+than alone (benchmarks/core_sharing.py measures a queued grid). So each process that trains on CPU
 with `train.num_threads: auto` (a stage, a tuning worker) registers in one small JSON file, and
 takes its share of the cores: the cores divided by the processes registered, the remainder to
 the earliest. A process re-reads its share as it trains (`CoreShare.threads`), so the first
@@ -42,7 +42,7 @@ def registry_path(environ: Mapping[str, str]) -> Path:
 def reproducible_fp32(environ: MutableMapping[str, str]) -> None:
     """Put MKL in its strict reproducible mode (unless `environ` already chooses one): fp32 matrix
     products then give the same bits on any number of threads, so a training's losses do not
-    depend on its share of the cores. Measured: docs/BENCHMARKS.md, "Trainings side by side".
+    depend on its share of the cores (tests/test_cores.py, with a control that differs without it).
     MKL reads the variable at its first product, so an entry point calls this before any torch
     arithmetic. bf16 (oneDNN) gives the same bits on any number of threads anyway."""
     environ.setdefault("MKL_CBWR", "AUTO,STRICT")
