@@ -3,6 +3,7 @@ store, started together and one after another."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import pytest
 from src.config.schema import config_from_dict
 from src.tuning import runner
 from src.tuning.storage import storage_for
-from tests.conftest import _env, tiny_params
+from tests.conftest import REPO, _env, tiny_params
+from tests.test_team import _database, _drop, needs_postgres
 from tests.test_tune import _run, _space, _tiny_repo_for_tune
 
 
@@ -76,3 +78,73 @@ def test_two_processes_started_together_create_the_mlflow_store_once(stage_repo)
     assert not (stage_repo / "mlflow.db").exists()
     _finish([_tune(stage_repo, 1), _tune(stage_repo, 1)])  # the race is at the start
     assert len(_drawn(stage_repo)) == 2
+
+
+# One worker of a team: opens the study once every worker is ready, so they race for its parent run.
+_OPEN = """
+import sys, time
+from pathlib import Path
+from src.config.schema import config_from_dict
+from src.tuning import runner
+from src.tuning.storage import storage_for
+from tests.conftest import tiny_params
+from tests.test_tune import _space
+
+url, uri, ready, n = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+base = config_from_dict(
+    tiny_params(model={"lstm_size": 16, "num_layers": 1}, tracking={"enabled": True, "experiment": "race"})
+)
+storage = storage_for(url, Path("unused.log"))
+(ready / str(time.time_ns())).touch()
+while len(list(ready.iterdir())) < n:
+    time.sleep(0.005)
+study, parent = runner.open_study(base, _space(enqueue=["defaults"]), storage, 2000, uri, log=lambda _: None)
+print(parent)
+"""
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", pytest.param("postgres", marks=needs_postgres)])
+def test_workers_opening_a_new_study_at_once_share_one_parent_run_and_enqueue_once(tmp_path, kind):
+    """Four workers open a new study at the same instant. Each checks that the study has no trial
+    (then enqueues) and no parent run (then makes one): unless they take turns, a trial is enqueued
+    twice, or two workers log their trials under different parents."""
+    from src.tracking.store import connect, experiment_id
+
+    database = f"karnna_race_{os.getpid()}"
+    url = {
+        "journal": lambda: str(tmp_path / "study.log"),
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'study.db'}",
+        "postgres": lambda: _database(database),
+    }[kind]()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage_for(url, tmp_path / "unused.log")  # the tables, made once
+    client = connect(uri)
+    exp = experiment_id(client, uri, "race")
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    n = 4
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN, url, uri, str(ready), str(n)],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        parents = {out.strip() for out, _ in outs}
+        assert len(parents) == 1, parents
+        alive = client.search_runs([exp], "tags.`optuna.study` = 't'")
+        assert [r.info.run_id for r in alive] == list(parents)
+        study = optuna.load_study(study_name="t", storage=storage_for(url, tmp_path / "unused.log"))
+        assert [t.user_attrs["enqueued"] for t in study.trials] == ["defaults"]
+    finally:
+        for p in procs:
+            p.kill()
+        if kind == "postgres":
+            _drop(database)

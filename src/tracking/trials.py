@@ -23,7 +23,8 @@ def study_run(
     """The id of the study's parent run, created on first use and shared by every worker.
 
     The id is kept as a user attribute of the Optuna study, so workers on other machines (same
-    tracking server) and reruns that resume the study log their trials under the same parent."""
+    tracking server) and reruns that resume the study log their trials under the same parent.
+    Workers starting together must call it one at a time."""
     if not base.tracking.enabled or tracking_uri is None:
         return None
     client = connect(tracking_uri)
@@ -42,7 +43,8 @@ def study_run(
     run_id = run.info.run_id
     params = {**base.flat(), **{f"tune.{k}": v for k, v in (space or {}).items()}}
     client.log_batch(run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
-    # Two workers starting together: the first attribute written wins, the other run is dropped.
+    # The caller makes workers take turns (src/tuning/storage.exclusive); one that did not: the
+    # first attribute written wins, the other run is dropped.
     if study.user_attrs.get(STUDY_RUN_ATTR) in (None, existing):
         study.set_user_attr(STUDY_RUN_ATTR, run_id)
     winner = study.user_attrs.get(STUDY_RUN_ATTR, run_id)

@@ -35,7 +35,7 @@ from src.training.setup import build_model
 from src.training.state import TrainPaths
 from src.tuning import space as search
 from src.tuning.sampler import TrialSeededSampler
-from src.tuning.storage import run_failed_on_loss
+from src.tuning.storage import exclusive, run_failed_on_loss
 
 # The objective as optuna-dashboard and Optuna's plots name it.
 METRIC_NAME = "val loss (nats/char)"
@@ -195,23 +195,7 @@ def run_study(
     on_log: each training's train() `on_log` (the command re-balances its threads there).
     """
     budget = check_study(base, space, study_data)
-    study = optuna.create_study(
-        study_name=space.study_name,
-        storage=storage,
-        direction="minimize",
-        sampler=TrialSeededSampler(space.seed),
-        pruner=search.make_pruner(space.pruner, space),
-        load_if_exists=True,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRIC_NAME])
-    if not study.trials:
-        study.set_user_attr("budget_chars", budget)
-        for label, params in search.enqueued(space, base, log):
-            # skip_if_exists keeps a second worker starting at the same moment from enqueuing it again.
-            study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
-    parent_run_id = trials.study_run(base, tracking_uri, study, space=_flat_space(space))
+    study, parent_run_id = open_study(base, space, storage, budget, tracking_uri, log)
     if on_ready is not None:
         on_ready()
     before = sum(t.state.is_finished() for t in study.trials)
@@ -240,6 +224,37 @@ def run_study(
         )
     bar.close()
     return study
+
+
+def open_study(
+    base: Config,
+    space: TuneConfig,
+    storage: optuna.storages.BaseStorage | str,
+    budget: int,
+    tracking_uri: Optional[str],
+    log: Callable[[str], None] = print,
+) -> tuple[optuna.Study, Optional[str]]:
+    """Create or load the study; on a new one, its budget and enqueued trials; and its MLflow
+    parent run. -> (study, parent run id). Workers starting together take turns (exclusive()), so
+    they share one parent run and enqueue each trial once."""
+    study = optuna.create_study(
+        study_name=space.study_name,
+        storage=storage,
+        direction="minimize",
+        sampler=TrialSeededSampler(space.seed),
+        pruner=search.make_pruner(space.pruner, space),
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC_NAME])
+    with exclusive(storage, space.study_name):
+        if not study.trials:
+            study.set_user_attr("budget_chars", budget)
+            for label, params in search.enqueued(space, base, log):
+                study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
+        parent_run_id = trials.study_run(base, tracking_uri, study, space=_flat_space(space))
+    return study, parent_run_id
 
 
 def _flat_space(space: TuneConfig) -> dict[str, Any]:

@@ -5,6 +5,8 @@ a database that is briefly away is waited for (src/tuning/retry.py)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import sys
 import warnings
 from pathlib import Path
@@ -61,11 +63,66 @@ def storage_for(
     return _journal(default_journal)
 
 
-def _journal(path: Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
+class JournalFile(optuna.storages.JournalStorage):
+    """A journal storage that remembers its file, which exclusive() locks."""
 
+    def __init__(self, path: Path):
+        from optuna.storages.journal import JournalFileBackend
+
+        super().__init__(JournalFileBackend(str(path)))
+        self.path = path
+
+
+def _journal(path: Path) -> JournalFile:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return JournalFile(path)
+
+
+@contextlib.contextmanager
+def exclusive(storage: optuna.storages.BaseStorage | str, name: str) -> Iterator[None]:
+    """Held by one process at a time among all that share `storage` (on any machine, for a
+    database): for a check-then-create no two workers may interleave, such as the study's parent
+    run. The lock dies with its holder: a database session lock, or flock on the file."""
+    if isinstance(storage, JournalFile):
+        with _flocked(storage.path):
+            yield
+        return
+    engine = getattr(storage, "engine", None)
+    dialect = engine.dialect.name if engine is not None else None
+    if dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with _flocked(Path(engine.url.database)):
+            yield
+    elif dialect in ("postgresql", "mysql"):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.blake2b(f"karnna:{name}".encode(), digest_size=8).digest(), "big", signed=True)
+        take, give = {
+            "postgresql": ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),
+            "mysql": ("SELECT GET_LOCK(:n, -1)", "SELECT RELEASE_LOCK(:n)"),
+        }[dialect]
+        args = {"k": key} if dialect == "postgresql" else {"n": f"karnna:{name}"[:64]}
+        with engine.connect() as conn:  # the lock is this session's: a worker that dies frees it
+            conn.execute(sqlalchemy.text(take), args)
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(sqlalchemy.text(give), args)
+                except Exception:  # closing the session frees its lock too
+                    conn.invalidate()
+    else:  # in memory: one process
+        yield
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    # flock, not SQLite's or the journal's own locks: it does not interact with either on Linux.
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
