@@ -5,7 +5,6 @@ a database that is briefly away is waited for (src/tuning/retry.py)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import sys
 import warnings
@@ -15,6 +14,7 @@ from typing import Callable, Iterator, Optional
 import optuna
 
 from src.tracking import trials
+from src.tracking.store import exclusive as flocked
 from src.tuning.retry import PatientRDBStorage, StorageLost
 from src.utils.errors import KarnnaError
 from src.utils.errors import redact_url as _redact
@@ -82,15 +82,16 @@ def _journal(path: Path) -> JournalFile:
 def exclusive(storage: optuna.storages.BaseStorage | str, name: str) -> Iterator[None]:
     """Held by one process at a time among all that share `storage` (on any machine, for a
     database): for a check-then-create no two workers may interleave, such as the study's parent
-    run. The lock dies with its holder: a database session lock, or flock on the file."""
+    run. The lock dies with its holder: a database session lock, or flock on the file (which
+    interacts with neither SQLite's nor the journal's own locks on Linux)."""
     if isinstance(storage, JournalFile):
-        with _flocked(storage.path):
+        with flocked(storage.path):
             yield
         return
     engine = getattr(storage, "engine", None)
     dialect = engine.dialect.name if engine is not None else None
     if dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        with _flocked(Path(engine.url.database)):
+        with flocked(Path(engine.url.database)):
             yield
     elif dialect in ("postgresql", "mysql"):
         import sqlalchemy
@@ -112,17 +113,6 @@ def exclusive(storage: optuna.storages.BaseStorage | str, name: str) -> Iterator
                     conn.invalidate()
     else:  # in memory: one process
         yield
-
-
-@contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
-    # flock, not SQLite's or the journal's own locks: it does not interact with either on Linux.
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def lost_trial_callback(tracking_uri: Optional[str]) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
