@@ -148,3 +148,30 @@ def test_a_long_outage_is_one_line_and_the_trial_is_recovered(stage_repo, postgr
     trials = optuna.load_study(study_name=name, storage=postgres.url).trials
     states = [t.state for t in trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE], states
+
+
+def test_the_study_lock_waits_for_a_database_blip_and_gives_up_in_one_line(tmp_path, postgres):
+    """Workers take the study's lock (storage.exclusive) before they enqueue and make its parent
+    run: with the database away it is waited for like any storage call, then StorageLost."""
+    import threading
+
+    from src.tuning.retry import StorageLost
+    from src.tuning.storage import exclusive, storage_for
+
+    storage = storage_for(postgres.url, tmp_path / "unused.log", retry_s=20)
+    postgres.stop()
+    back = threading.Timer(3.0, postgres.start)
+    back.start()
+    try:
+        with exclusive(storage, "blip"):  # refused at first, taken once the server is back
+            pass
+    finally:
+        back.join()
+    postgres.stop()
+    storage.retry_s = 2
+    try:
+        with pytest.raises(StorageLost, match="unreachable for 2 s"):
+            with exclusive(storage, "gone"):
+                pass
+    finally:
+        postgres.start()

@@ -82,7 +82,7 @@ def _journal(path: Path) -> JournalFile:
 def exclusive(storage: optuna.storages.BaseStorage | str, name: str) -> Iterator[None]:
     """Held by one process at a time among all that share `storage` (on any machine, for a
     database): for a check-then-create no two workers may interleave, such as the study's parent
-    run. The lock dies with its holder: a database session lock, or flock on the file (which
+    run. The lock dies with its holder: a database connection's lock, or flock on the file (which
     interacts with neither SQLite's nor the journal's own locks on Linux)."""
     if isinstance(storage, JournalFile):
         with flocked(storage.path):
@@ -102,15 +102,28 @@ def exclusive(storage: optuna.storages.BaseStorage | str, name: str) -> Iterator
             "mysql": ("SELECT GET_LOCK(:n, -1)", "SELECT RELEASE_LOCK(:n)"),
         }[dialect]
         args = {"k": key} if dialect == "postgresql" else {"n": f"karnna:{name}"[:64]}
-        with engine.connect() as conn:  # the lock is this session's: a worker that dies frees it
-            conn.execute(sqlalchemy.text(take), args)
+
+        def lock(_storage: object = None) -> sqlalchemy.Connection:
+            # The lock belongs to this connection: a worker that dies frees it with the connection.
+            conn = engine.connect()
             try:
-                yield
-            finally:
-                try:
-                    conn.execute(sqlalchemy.text(give), args)
-                except Exception:  # closing the session frees its lock too
-                    conn.invalidate()
+                conn.execute(sqlalchemy.text(take), args)
+            except BaseException:
+                conn.invalidate()
+                conn.close()
+                raise
+            return conn
+
+        # A database briefly away is waited for, as for every other storage call.
+        conn = storage._patiently(lock) if isinstance(storage, PatientRDBStorage) else lock()
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(sqlalchemy.text(give), args)
+            except Exception:  # closing the connection frees its lock too
+                conn.invalidate()
+            conn.close()
     else:  # in memory: one process
         yield
 
