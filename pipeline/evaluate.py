@@ -12,30 +12,41 @@ from src.data.vocab import Vocab
 from src.model import checkpoint
 from src.tracking import runs, wal
 from src.training import evaluate
-from src.training.device import configure_process, resolve_device
-from src.utils import fileio
+from src.training.device import configure_process, resolve_device, shared_cores
+from src.utils import cores, fileio
+
+
+def evaluate_best(cfg, device, rebalance) -> dict:
+    """models/best.pt on the val (and test) split -> {"step", "val": scores, "test": scores}."""
+    model, vocab, payload = checkpoint.load(BEST, device)
+    checkpoint.check_vocab(vocab, Vocab.load(VOCAB), BEST)
+    clear_outputs(METRICS / "eval.json")  # persist in dvc.yaml: removed here, once the inputs are checked
+    results = {"step": payload["step"], "run_id": payload.get("run_id")}
+    for name in ("val", "test"):
+        ids = fileio.read_npy(SPLIT_DIR / f"{name}.npy")
+        if len(ids) < 2:
+            continue
+        ids = torch.from_numpy(ids.astype(np.int64)).to(device)
+        loss = evaluate.stream_loss(model, ids, cfg.evaluate.rows, cfg.evaluate.chunk_len, on_chunk=rebalance)
+        results[name] = {**evaluate.scores(loss), "chars": int(len(ids))}
+        r = results[name]
+        print(f"evaluate: {name} {r['loss']:.4f} nats/char, {r['bpc']:.4f} bpc, perplexity {r['perplexity']:.3f}")
+    return results
 
 
 @stage
 def main() -> None:
     cfg = load_config()
+    cores.reproducible_fp32(os.environ)  # before torch's first product: the score does not depend on the share
     wal.bound_client_retries(os.environ)  # a dead store fails in seconds, not minutes
     device = resolve_device(cfg.train.device)
-    configure_process(0, device)  # torch's default threads: evaluation is not a tuned knob
-    model, vocab, payload = checkpoint.load(BEST, device)
-    checkpoint.check_vocab(vocab, Vocab.load(VOCAB), BEST)
-    clear_outputs(METRICS / "eval.json")  # persist in dvc.yaml: removed here, once the inputs are checked
-    results = {"step": payload["step"]}
-    for name in ("val", "test"):
-        ids = fileio.read_npy(SPLIT_DIR / f"{name}.npy")
-        if len(ids) < 2:
-            continue
-        loss = evaluate.stream_loss(
-            model, torch.from_numpy(ids.astype(np.int64)).to(device), cfg.evaluate.rows, cfg.evaluate.chunk_len
-        )
-        results[name] = {**evaluate.scores(loss), "chars": int(len(ids))}
-        r = results[name]
-        print(f"evaluate: {name} {r['loss']:.4f} nats/char, {r['bpc']:.4f} bpc, perplexity {r['perplexity']:.3f}")
+    configure_process(cfg.train.num_threads, device)
+    # Beside a training (a queued grid), evaluation takes its share of the cores, not all of them.
+    with shared_cores(cfg.train.num_threads, device, cores.registry_path(os.environ)) as rebalance:
+        if (threads := rebalance()) is not None:
+            print(f"evaluate: {threads} of {cores.usable_cores()} cores, shared with the other karnna trainings here")
+        results = evaluate_best(cfg, device, rebalance)
+    run_id = results.pop("run_id")
     fileio.write_json(METRICS / "eval.json", results)
     # eval_ keeps these apart from training's val_loss series, which they would otherwise extend.
     flat = {
@@ -46,11 +57,11 @@ def main() -> None:
         if k != "chars"
     }
     runs.log_to_run(
-        payload.get("run_id"),
+        run_id,
         tracking_uri(),
         metrics=flat,
         artifacts=[METRICS / "eval.json"],
-        step=payload["step"],
+        step=results["step"],
         pending=BEST.parent / wal.FOLDER,
     )
 

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from src.config.schema import config_from_dict
 from src.utils import cores
 from src.utils.errors import KarnnaError
-from tests.conftest import REPO, tiny_params
+from tests.conftest import REPO, _env, tiny_params, write_params
 
 
 def _sleeper() -> subprocess.Popen:
@@ -201,3 +202,32 @@ def test_without_the_strict_mode_fp32_would_depend_on_the_threads():
     """The control: the run above is wide enough to see a thread count in MKL's fp32 bits."""
     if _toggled("plain", "fp32") == "True":
         pytest.skip("this CPU's MKL gives these fp32 products the same bits on 1 and 2 threads anyway")
+
+
+def _stage(repo: Path, name: str, registry: Path) -> subprocess.CompletedProcess:
+    env = {**_env(), cores.ENV: str(registry)}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{name}"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"pipeline.{name}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_the_evaluate_stage_takes_its_share_beside_a_training(stage_repo, tmp_path, sleepers):
+    """In a queued grid one experiment's evaluation runs beside another's training: it takes its
+    share of the cores, not all of them, and its score does not depend on the share."""
+    registry = tmp_path / "cores.json"
+    for name in ("corpus", "encode", "split", "train"):
+        _stage(stage_repo, name, registry)
+    alone = _stage(stage_repo, "evaluate", registry)
+    score = (stage_repo / "metrics" / "eval.json").read_text()
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["train"]["num_threads"] = "auto"
+    write_params(stage_repo, params)
+    usable = cores.usable_cores()
+    cores.CoreShare(registry, pid=sleepers().pid).join()  # a training already running here
+    beside = _stage(stage_repo, "evaluate", registry)
+    share = cores.share(usable, 1, 2)
+    assert f"evaluate: {share} of {usable} cores, shared" in beside.stdout, beside.stdout
+    assert "cores, shared" not in alone.stdout  # num_threads 1: a fixed count takes no share
+    assert (stage_repo / "metrics" / "eval.json").read_text() == score

@@ -9,7 +9,7 @@ seq_len. Evaluation has its own hidden state and never touches the training stat
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,10 @@ def stream_loss(
     rows: int,
     chunk_len: int,
     amp_dtype: Optional[torch.dtype] = None,
+    on_chunk: Callable[[], object] = lambda: None,
 ) -> float:
-    """Mean cross-entropy in nats per character over the whole of `ids` (1-D, on the model's device)."""
+    """Mean cross-entropy in nats per character over the whole of `ids` (1-D, on the model's device).
+    `on_chunk` runs after each chunk, in this thread: a long evaluation re-balances its threads there."""
     was_training = model.training
     model.eval()
     try:
@@ -50,6 +52,7 @@ def stream_loss(
                 logits, hidden = model(x, hidden)
             total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten().long(), reduction="sum").double()
             count += y.numel()
+            on_chunk()
         return total.item() / count
     finally:
         model.train(was_training)

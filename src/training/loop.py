@@ -171,7 +171,7 @@ class TrainContext:
     eval_steps: Optional[Collection[int]] = None  # None: every train.eval_interval steps
     eval_chars: Optional[int] = None  # None: every validation scores the whole split
     say: Callable[[str], None] = print  # a line for the user, above the progress bar
-    on_log: Callable[[], object] = lambda: None  # at each log point, in the training thread
+    on_log: Callable[[], object] = lambda: None  # at each log point and validation chunk, in this thread
 
     @property
     def steps_per_epoch(self) -> int:
@@ -191,7 +191,7 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
     ev = ctx.cfg.evaluate
     whole = ctx.eval_chars is None or state.step == state.total_steps
     scored = ctx.val if whole else ctx.val[: ctx.eval_chars]
-    loss = evaluate.stream_loss(state.model, scored, ev.rows, ev.chunk_len, ctx.amp)
+    loss = evaluate.stream_loss(state.model, scored, ev.rows, ev.chunk_len, ctx.amp, on_chunk=ctx.on_log)
     if not math.isfinite(loss):
         raise _diverged("validation", loss, state.step, ctx.cfg)
     state.last_val = loss
@@ -258,7 +258,8 @@ def train(
     train.eval_interval; `eval_chars` scores the validations before the last on the first
     eval_chars characters of the split (validate()). `on_start` runs once the inputs are checked,
     before the first step (the train stage removes its previous metrics and plots there). `on_log`
-    runs in the training thread at each log point (an entry point re-balances its threads there)."""
+    runs in the training thread at each log point and after each chunk of a validation (an entry
+    point re-balances its threads there)."""
     t = cfg.train
     reporter = reporter or Reporter()
     # Process-wide settings (threads, malloc) are the entry points' (src.training.device.configure_process).
