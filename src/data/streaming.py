@@ -18,11 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from src.data.vocab import Vocab
+from src.utils import progress as progress_line
 from src.utils.errors import KarnnaError
 
 CHUNK_BYTES = 1 << 22
-# A progress line only for a stage that takes longer than this (seconds): the novel's stays quiet.
-PROGRESS_DELAY = 3.0
 
 
 def not_utf8(source: str, offset: int, byte: int) -> KarnnaError:
@@ -158,11 +157,8 @@ def encode_file(
     progress: bool = True,
 ) -> tuple[Vocab, int]:
     """Both passes: the ids of the text at `path` into the .npy `out`; -> (vocabulary, characters).
-    A progress line (two passes over the file's bytes) appears when it takes over PROGRESS_DELAY s."""
-    size = path.stat().st_size
-    with tqdm(
-        total=2 * size, unit="B", unit_scale=True, desc="encode", delay=PROGRESS_DELAY, disable=not progress
-    ) as bar:
+    A progress line (two passes over the file's bytes) appears when it takes more than a few seconds."""
+    with progress_line.bar(2 * path.stat().st_size, "encode", enabled=progress) as bar:
         vocab, n = scan(path, source, newline, max_chars, chunk_bytes, bar)
         write_ids(path, out, vocab, n, source, max_chars, chunk_bytes, bar)
     return vocab, n

@@ -162,8 +162,8 @@ class TrainContext:
     cfg: Config
     vocab: Vocab
     paths: TrainPaths
-    grid: torch.Tensor  # the training split as (batch_size, columns), on the device
-    val: torch.Tensor  # the validation split, 1-D, on the device
+    grid: batches.Grid  # the training split as (batch_size, columns), windows copied to the device
+    val: batches.Ids  # the validation split, 1-D
     split_chars: tuple[int, int]  # characters in the training and validation splits
     amp: Optional[torch.dtype]
     hooks: Sequence[EvalHook]
@@ -265,9 +265,9 @@ def train(
     device = resolve_device(t.device)
     amp = resolve_precision(t.precision, device, cfg.model.cell)
     fileio.remove_stale_temps(paths.last.parent)
-    # The whole split lives on the device once; every batch is a view of it.
-    grid = batches.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
-    val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
+    # The splits stay where they are (a memory map from the stages); each window is copied to the device.
+    grid = batches.batchify(batches.Ids(train_ids, device), t.batch_size)
+    val = batches.Ids(val_ids, device)
     evaluate.check_prefix(eval_chars, len(val))
     ctx = TrainContext(
         cfg,
