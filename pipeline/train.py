@@ -104,6 +104,7 @@ def main() -> None:
             paths,
             reporter=reporter,
             resume=resume,
+            interim_chars=cfg.evaluate.interim_chars,
             on_start=lambda: clear_outputs(*OUTPUTS),
             on_log=rebalance,
         )
