@@ -101,3 +101,18 @@ def test_ids_of_a_vocabulary_past_256_characters_are_uint16(tmp_path):
     vocab, npy = streamed(tmp_path, raw, chunk_bytes=10)
     assert np.load(io.BytesIO(npy)).dtype == np.uint16
     assert (vocab, npy) == in_memory(raw, "lf")
+
+
+def test_the_corpus_copy_is_exact_and_checked_in_chunks(tmp_path):
+    import hashlib
+
+    from src.data.streaming import copy_checked
+
+    raw = MIXED.encode("utf-8")
+    (tmp_path / "in.txt").write_bytes(raw)
+    size, digest = copy_checked(tmp_path / "in.txt", tmp_path / "out.txt", "in.txt", chunk_bytes=5)
+    assert (tmp_path / "out.txt").read_bytes() == raw
+    assert (size, digest) == (len(raw), hashlib.sha256(raw).hexdigest())
+    (tmp_path / "bad.txt").write_bytes(raw + b"\xff")
+    with pytest.raises(KarnnaError, match=rf"bad.txt: not UTF-8 at byte offset {len(raw)} \(byte 0xff\)"):
+        copy_checked(tmp_path / "bad.txt", tmp_path / "out2.txt", "bad.txt", chunk_bytes=5)

@@ -11,8 +11,9 @@ edges are invisible, as UTF-8 sequences and CRLF pairs split over two chunks are
 from __future__ import annotations
 
 import codecs
+import hashlib
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -36,9 +37,15 @@ def check_newline(policy: str) -> None:
         raise KarnnaError(f"params.yaml: data.newline: {policy!r} is not one of 'lf' | 'keep'")
 
 
-def read_chunks(path: Path, source: str, chunk_bytes: int = CHUNK_BYTES, bar: Optional[tqdm] = None) -> Iterator[str]:
+def read_chunks(
+    path: Path,
+    source: str,
+    chunk_bytes: int = CHUNK_BYTES,
+    bar: Optional[tqdm] = None,
+    on_bytes: Callable[[bytes], object] = lambda data: None,
+) -> Iterator[str]:
     """The file's text, decoded in chunks; a sequence split over two chunks is decoded whole,
-    and invalid UTF-8 is one line with its offset in the file."""
+    and invalid UTF-8 is one line with its offset in the file. on_bytes sees each chunk's bytes."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     consumed = 0  # bytes handed to the decoder so far
     with open(path, "rb") as f:
@@ -51,6 +58,7 @@ def read_chunks(path: Path, source: str, chunk_bytes: int = CHUNK_BYTES, bar: Op
             except UnicodeDecodeError as exc:
                 raise not_utf8(source, consumed - pending + exc.start, exc.object[exc.start]) from None
             consumed += len(data)
+            on_bytes(data)
             if bar is not None:
                 bar.update(len(data))
             if text:
@@ -162,3 +170,19 @@ def encode_file(
         vocab, n = scan(path, source, newline, max_chars, chunk_bytes, bar)
         write_ids(path, out, vocab, n, source, max_chars, chunk_bytes, bar)
     return vocab, n
+
+
+def copy_checked(path: Path, out: Path, source: str, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, str]:
+    """Copy the file at `path` to `out` in chunks, checking it is UTF-8 on the way (the one line
+    of read_chunks); -> (its size in bytes, its SHA-256)."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as f, progress_line.bar(path.stat().st_size, "corpus") as bar:
+
+        def take(data: bytes) -> None:
+            digest.update(data)
+            f.write(data)
+
+        for _ in read_chunks(path, source, chunk_bytes, bar, take):
+            pass
+        size = f.tell()
+    return size, digest.hexdigest()
