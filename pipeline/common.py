@@ -119,5 +119,7 @@ def files_sha256(paths) -> str:
     h = hashlib.sha256()
     for path in paths:
         h.update(Path(path).name.encode() + b"\0")
-        h.update(Path(path).read_bytes())
+        with open(path, "rb") as f:  # in blocks: a split of a large corpus is never read whole
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
     return h.hexdigest()

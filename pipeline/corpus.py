@@ -4,7 +4,7 @@ keep an exact copy in data/corpus.txt, so the later stages read a file DVC track
 import sys
 
 from pipeline.common import CORPUS, ROOT, load_config, stage
-from src.data import corpus
+from src.data import corpus, streaming
 from src.utils import fileio
 
 
@@ -16,15 +16,16 @@ def main() -> None:
         print(f"corpus: no local copy; downloading {cfg.url}")
         raw = corpus.fetch(cfg.url)
         source = cfg.url
+        corpus.check_sha256(raw, cfg.sha256, source)
+        fileio.write_bytes(CORPUS, raw)
+        size, digest = len(raw), corpus.sha256(raw)
     else:
-        raw = found.read_bytes()
+        # Copied in chunks, checked on the way: a local corpus of any size in bounded memory.
         source = str(found)
-    corpus.decode_utf8(raw, source)
-    corpus.check_sha256(raw, cfg.sha256, source)
-    fileio.write_bytes(CORPUS, raw)
-    print(
-        f"corpus: {len(raw):,} bytes from {source} (sha256 {corpus.sha256(raw)[:16]}...) -> {CORPUS.relative_to(ROOT)}"
-    )
+        with fileio.atomic_path(CORPUS) as tmp:
+            size, digest = streaming.copy_checked(found, tmp, source)
+            corpus.check_digest(digest, cfg.sha256, source)
+    print(f"corpus: {size:,} bytes from {source} (sha256 {digest[:16]}...) -> {CORPUS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,8 @@ in fp32 with the fixed evaluate.* layout -> metrics/eval.json (nats, bits per ch
 import os
 import sys
 
-import numpy as np
-import torch
-
 from pipeline.common import BEST, METRICS, SPLIT_DIR, VOCAB, clear_outputs, load_config, stage, tracking_uri
+from src.data import batches
 from src.data.vocab import Vocab
 from src.model import checkpoint
 from src.tracking import runs, wal
@@ -23,11 +21,17 @@ def evaluate_best(cfg, device, rebalance) -> dict:
     clear_outputs(METRICS / "eval.json")  # persist in dvc.yaml: removed here, once the inputs are checked
     results = {"step": payload["step"], "run_id": payload.get("run_id")}
     for name in ("val", "test"):
-        ids = fileio.read_npy(SPLIT_DIR / f"{name}.npy")
+        ids = fileio.map_npy(SPLIT_DIR / f"{name}.npy")  # each chunk is copied to the device as it is read
         if len(ids) < 2:
             continue
-        ids = torch.from_numpy(ids.astype(np.int64)).to(device)
-        loss = evaluate.stream_loss(model, ids, cfg.evaluate.rows, cfg.evaluate.chunk_len, on_chunk=rebalance)
+        loss = evaluate.stream_loss(
+            model,
+            batches.Ids(ids, device),
+            cfg.evaluate.rows,
+            cfg.evaluate.chunk_len,
+            progress=name,
+            on_chunk=rebalance,
+        )
         results[name] = {**evaluate.scores(loss), "chars": int(len(ids))}
         r = results[name]
         print(f"evaluate: {name} {r['loss']:.4f} nats/char, {r['bpc']:.4f} bpc, perplexity {r['perplexity']:.3f}")

@@ -1,11 +1,14 @@
 """Stage split: data/encoded.npy -> data/split/{train,val,test}.npy, contiguous, by character
-fractions (never by batch shape), train first, validation next, test last."""
+fractions (never by batch shape), train first, validation next, test last.
+
+The ids are copied in blocks (src/utils/fileio.py), so memory stays bounded whatever the corpus
+size; a progress line appears when it takes more than a few seconds."""
 
 import sys
 
 from pipeline.common import ENCODED, SPLIT_DIR, load_config, stage
-from src.data.splits import split_ids
-from src.utils import fileio
+from src.data.splits import split_sizes
+from src.utils import fileio, progress
 from src.utils.errors import KarnnaError
 
 
@@ -14,10 +17,17 @@ def main() -> None:
     cfg = load_config().split
     if not ENCODED.is_file():
         raise KarnnaError(f"{ENCODED}: missing; run `dvc repro encode` first")
-    parts = split_ids(fileio.read_npy(ENCODED), cfg.val_fraction, cfg.test_fraction)
-    for name in ("train", "val", "test"):
-        fileio.write_npy(SPLIT_DIR / f"{name}.npy", getattr(parts, name))
-    print(f"split: train {len(parts.train):,}  val {len(parts.val):,}  test {len(parts.test):,} characters")
+    ids = fileio.map_npy(ENCODED)
+    n, itemsize = len(ids), ids.dtype.itemsize
+    del ids
+    sizes = split_sizes(n, cfg.val_fraction, cfg.test_fraction)
+    start = 0
+    with progress.bar(n * itemsize, "split") as bar:
+        for name, size in zip(("train", "val", "test"), sizes):
+            fileio.write_npy_range(SPLIT_DIR / f"{name}.npy", ENCODED, start, start + size, bar.update)
+            start += size
+    train, val, test = sizes
+    print(f"split: train {train:,}  val {val:,}  test {test:,} characters")
 
 
 if __name__ == "__main__":

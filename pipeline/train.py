@@ -67,11 +67,12 @@ def main() -> None:
     configure_process(cfg.train.num_threads, device)
     resolve_precision(cfg.train.precision, device, cfg.model.cell)  # a bf16 torch cannot run: before the run
     vocab = Vocab.load(VOCAB)
-    train_ids = fileio.read_npy(SPLIT_DIR / "train.npy")
+    # Memory-mapped: a step copies only its window, so memory does not grow with the corpus.
+    train_ids = fileio.map_npy(SPLIT_DIR / "train.npy")
     # Check-only (not a param of this stage, dvc.yaml): a prime the sample stage could not encode
     # stops here, before the training rather than after it.
     vocab.encode_prime(cfg.sample.prime, PRIME_PARAM, text=vocab.decode(train_ids[:10_000]))
-    val_ids = fileio.read_npy(SPLIT_DIR / "val.npy")
+    val_ids = fileio.map_npy(SPLIT_DIR / "val.npy")
     uri = tracking_uri()
     context = run_context(SPLIT_DIR / "train.npy", SPLIT_DIR / "val.npy", VOCAB)
     paths = TrainPaths(best=BEST, last=LAST)
@@ -103,6 +104,7 @@ def main() -> None:
             paths,
             reporter=reporter,
             resume=resume,
+            interim_chars=cfg.evaluate.interim_chars,
             on_start=lambda: clear_outputs(*OUTPUTS),
             on_log=rebalance,
         )

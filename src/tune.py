@@ -107,8 +107,8 @@ def tune(args: argparse.Namespace, raw_argv: list[str], environ: MutableMapping[
             raise KarnnaError(f"{path}: missing; run `dvc repro split` first")
     study_data = StudyData(
         Vocab.load(FILES.vocab),
-        fileio.read_npy(FILES.split_dir / "train.npy"),
-        fileio.read_npy(FILES.split_dir / "val.npy"),
+        fileio.map_npy(FILES.split_dir / "train.npy"),
+        fileio.map_npy(FILES.split_dir / "val.npy"),
     )
     uri = repo.tracking_uri(environ, ROOT) if base.tracking.enabled else None
     if uri:

@@ -9,7 +9,17 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import common, core_sharing, encode_speed, gpu_check, peak, profile_step, sample_speed, train_speed
+from benchmarks import (
+    common,
+    core_sharing,
+    encode_speed,
+    gpu_check,
+    peak,
+    profile_step,
+    sample_speed,
+    scale,
+    train_speed,
+)
 from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
 from tests.conftest import sh, write_params
 from tests.test_device import GLIBC, faults
@@ -89,6 +99,7 @@ SCRIPTS = (
     "profile_step",
     "sample_precision",
     "sample_speed",
+    "scale",
     "train_speed",
 )
 
@@ -160,3 +171,30 @@ def test_a_queued_grid_runs_two_at_once_with_the_losses_of_one_at_a_time(repo, t
     assert figures["identical"], figures
     assert figures["j1"]["experiments"]["1"] != figures["j1"]["experiments"]["2"]  # the grid changed something
     assert "wall time" in capsys.readouterr().out
+
+
+def test_scale_makes_corpora_of_the_size_asked_with_non_ascii_characters(tmp_path):
+    base = scale.mixed_text("Happy families are all alike;\r\nevery unhappy family\r\n" * 20)
+    size = scale.make_corpus(tmp_path / "c.txt", 1_001, base)
+    text = (tmp_path / "c.txt").read_bytes().decode("utf-8")
+    assert len(text) == 1_001 and size > len(text)  # some characters take 2 bytes
+    assert "\r\n" in text and any(ord(c) > 127 for c in text)
+    assert [scale.parse_size(s) for s in ("1M", "100K", "1G", "2.5M", "42")] == [10**6, 10**5, 10**9, 2_500_000, 42]
+
+
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
+def test_scale_runs_the_data_stages_of_the_smallest_size(capsys):
+    scale.main(["--sizes", "1M", "--train-up-to", "0"])
+    out = capsys.readouterr().out
+    for stage in ("corpus", "encode", "split"):
+        assert f"| 1M | {stage} |" in out
+    assert "| 1M | train |" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
+def test_scale_runs_every_stage_of_the_smallest_size(capsys):
+    scale.main(["--sizes", "1M", "--steps", "2"])
+    out = capsys.readouterr().out
+    for stage in scale.STAGES:
+        assert f"| 1M | {stage} |" in out

@@ -127,6 +127,12 @@ class EvaluateConfig(Section):
     # chunks of chunk_len with the state carried: fixed here, so scores never depend on train.*.
     rows: PositiveInt = 16
     chunk_len: PositiveInt = 500
+    # Training's validations before the last score this prefix of the validation split, and
+    # compete for best.pt on it; the last validation and the evaluate stage score the whole split
+    # (src/training/interim.py). The default exceeds the novel's 198,522-character split. None: whole.
+    interim_chars: Optional[int] = Field(
+        200_000, ge=2, **_expect("at least 2 characters, or null (every validation scores the whole split)")
+    )
 
 
 # Sampling temperatures that do something: at 0.001 a trained model's text was already the greedy

@@ -19,7 +19,12 @@ class Split:
 
 def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float) -> Split:
     """Contiguous train | val | test by character fractions: never depends on the batch shape."""
-    n = len(ids)
+    n_train, n_val, _ = split_sizes(len(ids), val_fraction, test_fraction)
+    return Split(train=ids[:n_train], val=ids[n_train : n_train + n_val], test=ids[n_train + n_val :])
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) characters of a stream of n."""
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
     n_train = n - n_val - n_test
@@ -28,4 +33,4 @@ def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float) -> Spl
             f"the text has {n} characters: too short to split into train/val/test with "
             f"split.val_fraction={val_fraction:g}, split.test_fraction={test_fraction:g}; use a longer text"
         )
-    return Split(train=ids[:n_train], val=ids[n_train : n_train + n_val], test=ids[n_train + n_val :])
+    return n_train, n_val, n_test

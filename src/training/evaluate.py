@@ -9,7 +9,7 @@ seq_len. Evaluation has its own hidden state and never touches the training stat
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from src.data import batches
 from src.model.charrnn import CharRNN
 from src.training.device import autocast
+from src.utils import progress as progress_line
 from src.utils.errors import KarnnaError
 
 _LN2 = math.log(2.0)
@@ -30,13 +31,15 @@ def bits_per_char(loss_nats: float) -> float:
 @torch.no_grad()
 def stream_loss(
     model: CharRNN,
-    ids: torch.Tensor,
+    ids: Union[torch.Tensor, batches.Ids],
     rows: int,
     chunk_len: int,
     amp_dtype: Optional[torch.dtype] = None,
+    progress: str = "",
     on_chunk: Callable[[], object] = lambda: None,
 ) -> float:
-    """Mean cross-entropy in nats per character over the whole of `ids` (1-D, on the model's device).
+    """Mean cross-entropy in nats per character over the whole of `ids` (1-D: a tensor on the model's
+    device, or batches.Ids). `progress` names a progress line shown when it takes more than a few seconds.
     `on_chunk` runs after each chunk, in this thread: a long evaluation re-balances its threads there."""
     was_training = model.training
     model.eval()
@@ -47,12 +50,16 @@ def stream_loss(
         hidden = model.init_hidden(rows, ids.device)
         total = torch.zeros((), dtype=torch.float64, device=ids.device)
         count = 0
-        for x, y in batches.windows(grid, chunk_len):
-            with autocast(ids.device, amp_dtype):
-                logits, hidden = model(x, hidden)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten().long(), reduction="sum").double()
-            count += y.numel()
-            on_chunk()
+        with progress_line.bar(
+            grid.size(0) * (grid.size(1) - 1), f"evaluate {progress}", "char", enabled=bool(progress)
+        ) as bar:
+            for x, y in batches.windows(grid, chunk_len):
+                with autocast(ids.device, amp_dtype):
+                    logits, hidden = model(x, hidden)
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten().long(), reduction="sum").double()
+                count += y.numel()
+                bar.update(y.numel())
+                on_chunk()
         return total.item() / count
     finally:
         model.train(was_training)

@@ -37,7 +37,7 @@ from src.data import batches
 from src.data.vocab import Vocab
 from src.model import checkpoint
 from src.model.charrnn import CharRNN, State, count_params, detach, sizing_advice
-from src.training import evaluate
+from src.training import evaluate, interim
 from src.training.device import autocast, precision_name, resolve_device, resolve_precision
 from src.training.report import EvalHook, Reporter
 from src.training.setup import new_state
@@ -162,14 +162,15 @@ class TrainContext:
     cfg: Config
     vocab: Vocab
     paths: TrainPaths
-    grid: torch.Tensor  # the training split as (batch_size, columns), on the device
-    val: torch.Tensor  # the validation split, 1-D, on the device
+    grid: batches.Grid  # the training split as (batch_size, columns), windows copied to the device
+    val: batches.Ids  # the validation split, 1-D
     split_chars: tuple[int, int]  # characters in the training and validation splits
     amp: Optional[torch.dtype]
     hooks: Sequence[EvalHook]
     reporter: Reporter
     eval_steps: Optional[Collection[int]] = None  # None: every train.eval_interval steps
     eval_chars: Optional[int] = None  # None: every validation scores the whole split
+    interim_chars: Optional[int] = None  # evaluate.interim_chars; None: the whole split
     say: Callable[[str], None] = print  # a line for the user, above the progress bar
     on_log: Callable[[], object] = lambda: None  # at each log point and validation chunk, in this thread
 
@@ -186,28 +187,18 @@ class TrainContext:
 def validate(ctx: TrainContext, state: TrainState) -> None:
     """Score the validation split, keep the best checkpoint, call the eval hooks.
 
-    With ctx.eval_chars, validations before the last score a prefix of the split: they are
-    reported (and may prune) but never compete for the best checkpoint."""
+    With ctx.eval_chars or ctx.interim_chars, validations before the last score a prefix of the
+    split; how the best checkpoint is then chosen: src/training/interim.py."""
     ev = ctx.cfg.evaluate
-    whole = ctx.eval_chars is None or state.step == state.total_steps
-    scored = ctx.val if whole else ctx.val[: ctx.eval_chars]
+    scored, whole = interim.scored_ids(ctx, state.step == state.total_steps)
     loss = evaluate.stream_loss(state.model, scored, ev.rows, ev.chunk_len, ctx.amp, on_chunk=ctx.on_log)
     if not math.isfinite(loss):
         raise _diverged("validation", loss, state.step, ctx.cfg)
     state.last_val = loss
     state.val_history.append((state.step, loss))
-    if ctx.eval_chars is not None:
+    if ctx.eval_chars is not None or interim.prefix_active(ctx):
         ctx.reporter.log_metrics({"val_chars_scored": len(scored)}, state.step)
-    improved = whole and loss < state.best_val
-    if improved:
-        state.best_val, state.best_step = loss, state.step
-        checkpoint.save(
-            ctx.paths.best,
-            state.model,
-            ctx.vocab,
-            state.step,
-            {"run_id": state.run_id, "config": ctx.cfg.flat(), "val_loss": loss},
-        )
+    improved = interim.keep_best(ctx, state, loss, whole)
     train_loss = state.train_history[-1][1] if state.train_history else math.nan
     ctx.say(
         f"step {state.step:>6}/{state.total_steps}  train {train_loss:.4f}  "
@@ -247,6 +238,7 @@ def train(
     on_eval: Sequence[EvalHook] = (),
     eval_steps: Optional[Collection[int]] = None,
     eval_chars: Optional[int] = None,
+    interim_chars: Optional[int] = None,
     on_start: Callable[[], None] = lambda: None,
     on_log: Callable[[], object] = lambda: None,
 ) -> TrainResult:
@@ -256,7 +248,8 @@ def train(
     hook that raises (a tuner's pruning) stops the training there. A tuner's options (the
     pipeline uses neither): `eval_steps` validates at these steps (and the last) instead of every
     train.eval_interval; `eval_chars` scores the validations before the last on the first
-    eval_chars characters of the split (validate()). `on_start` runs once the inputs are checked,
+    eval_chars characters of the split; the pipeline's `interim_chars` (evaluate.interim_chars) scores
+    them on a prefix that competes for best.pt (src/training/interim.py). `on_start` runs once the inputs are checked,
     before the first step (the train stage removes its previous metrics and plots there). `on_log`
     runs in the training thread at each log point and after each chunk of a validation (an entry
     point re-balances its threads there)."""
@@ -266,9 +259,9 @@ def train(
     device = resolve_device(t.device)
     amp = resolve_precision(t.precision, device, cfg.model.cell)
     fileio.remove_stale_temps(paths.last.parent)
-    # The whole split lives on the device once; every batch is a view of it.
-    grid = batches.batchify(torch.from_numpy(train_ids.astype(np.int64)).to(device), t.batch_size)
-    val = torch.from_numpy(val_ids.astype(np.int64)).to(device)
+    # The splits stay where they are (a memory map from the stages); each window is copied to the device.
+    grid = batches.batchify(batches.Ids(train_ids, device), t.batch_size)
+    val = batches.Ids(val_ids, device)
     evaluate.check_prefix(eval_chars, len(val))
     ctx = TrainContext(
         cfg,
@@ -282,6 +275,7 @@ def train(
         reporter,
         eval_steps,
         eval_chars,
+        interim_chars,
         on_log=on_log,
     )
     total_steps = min(t.epochs * ctx.steps_per_epoch, t.max_steps or math.inf)

@@ -42,9 +42,17 @@ def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict
         if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
     }
     fp["rng"] = "per-training generators"  # a last.pt holding global RNG states lacks it: not resumed
-    fp["data.train_sha256"] = hashlib.sha256(np.ascontiguousarray(train_ids).tobytes()).hexdigest()
-    fp["data.val_sha256"] = hashlib.sha256(np.ascontiguousarray(val_ids).tobytes()).hexdigest()
+    fp["data.train_sha256"] = ids_sha256(train_ids)
+    fp["data.val_sha256"] = ids_sha256(val_ids)
     return fp
+
+
+def ids_sha256(ids: np.ndarray, block: int = 1 << 24) -> str:
+    """SHA-256 of the ids' bytes, read a block at a time (a memory-mapped split is never copied whole)."""
+    h = hashlib.sha256()
+    for start in range(0, len(ids), block):
+        h.update(np.ascontiguousarray(ids[start : start + block]).tobytes())
+    return h.hexdigest()
 
 
 def plan_resume(

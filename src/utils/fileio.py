@@ -79,6 +79,47 @@ def read_npy(path: PathLike) -> Any:
     return np.load(path, allow_pickle=False)
 
 
+def map_npy(path: PathLike) -> Any:
+    """A .npy memory-mapped read-only: pages are read as they are touched, so a split larger
+    than memory opens at once and costs only what is read."""
+    import numpy as np
+
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def write_npy_range(
+    path: PathLike, source: PathLike, start: int, stop: int, on_bytes: Callable[[int], Any] = lambda n: None
+) -> None:
+    """Atomically write items start:stop of the 1-D .npy `source` as a .npy at `path` (np.save's
+    bytes), copied in blocks with plain reads and writes: memory stays a block, whatever the size."""
+    import numpy as np
+
+    mapped = map_npy(source)
+    dtype, offset = mapped.dtype, mapped.offset
+    del mapped
+
+    def writer(p: Path) -> None:
+        header = np.lib.format.open_memmap(p, mode="w+", dtype=dtype, shape=(stop - start,))
+        out_offset = header.offset  # np.save's header, written by open_memmap
+        del header
+        with open(source, "rb") as src, open(p, "r+b") as dst:
+            src.seek(offset + start * dtype.itemsize)
+            dst.seek(out_offset)
+            left = (stop - start) * dtype.itemsize
+            while left:
+                block = src.read(min(_BLOCK, left))
+                if not block:
+                    raise KarnnaError(f"{source}: shorter than its header says; rerun the stage that wrote it")
+                dst.write(block)
+                left -= len(block)
+                on_bytes(len(block))
+
+    write_with(path, writer)
+
+
+_BLOCK = 1 << 24
+
+
 def remove_stale_temps(folder: PathLike) -> None:
     """Delete temporary files a killed process left behind (atomic_path's cleanup never ran)."""
     folder = Path(folder)
