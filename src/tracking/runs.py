@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -101,6 +102,17 @@ class MlflowReporter(Reporter):
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None, kept: bool = False) -> None:
         record = {"run": self.run_id, "artifact": str(Path(path).resolve()), "dir": artifact_path}
         self.outbox.put({**record, "kept": True} if kept else record)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        # A file of its own per call, kept until sent (beside the write-ahead file, or in a
+        # folder of its own), since the sender uploads it later; the store replaces a file of
+        # the same name, so a step logged again by a resumed run is still one file.
+        folder, _, name = artifact_file.rpartition("/")
+        log = self.outbox.log
+        unique = uuid.uuid4().hex
+        path = log.keep(f"{self.run_id}/{unique}/{name}") if log is not None else Path(tempfile.mkdtemp()) / name
+        path.write_text(text, encoding="utf-8")
+        self.log_artifact(path, folder or None, kept=True)
 
     def on_eval(self, step: int, val_loss: float) -> None:
         self.log_metrics({"val_loss": val_loss, "val_bpc": bits_per_char(val_loss)}, step)
