@@ -158,6 +158,9 @@ class TrackingConfig(Section):
     model_name: str = Field("karnna-char-lstm", min_length=1, **_expect("a non-empty model name"))
     # Log the train loss to MLflow every this many steps (batched, not one call per step).
     log_every: PositiveInt = 10
+    # MLflow's own system metrics (system/cpu_utilization_percentage, memory, disk, network; GPU
+    # where nvidia-ml-py finds one) in the training run, every 10 s (MLflow's default).
+    system_metrics: bool = False
 
 
 class Config(Section):

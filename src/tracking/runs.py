@@ -221,12 +221,17 @@ def start_training_run(
     log = wal.WriteAheadLog(pending) if pending is not None else None
     outbox = wal.Outbox(client, uri, log, say)
     reporter = MlflowReporter(run.info.run_id, outbox, logged_params=run.data.params)
+    monitor = system_metrics(
+        run.info.run_id, uri, resumed=run.info.run_id == resume_run_id, on=cfg.tracking.system_metrics
+    )
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
         yield reporter
         reporter.wait()
+        monitor.finish()  # its last points before the run ends
         reporter.end(RunStatus.FINISHED)
     except BaseException as exc:
+        monitor.finish()
         _end_failed(reporter, exc, stopped=isinstance(exc, stops))
         raise
     finally:
@@ -239,6 +244,26 @@ def start_training_run(
                 f"{wal.shown(log.file)} by the next stage that reaches it, or by `{wal.SYNC_COMMAND}` "
                 "once it is back"
             )
+
+
+class _Off:
+    def finish(self) -> None:
+        pass
+
+
+def system_metrics(run_id: str, uri: str, resumed: bool, on: bool):
+    """MLflow's own system metrics monitor on the run (tracking.system_metrics), started; its
+    finish() stops it. A thread of MLflow's that samples CPU, memory, disk and network (GPU
+    where nvidia-ml-py finds one) every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) and logs
+    them as system/... metrics straight to the store, not through the write-ahead file: while the
+    store is away they are not kept. A resumed run continues their steps."""
+    if not on:
+        return _Off()
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def reopen(client: MlflowClient, run_id: str, experiment_id: str):
