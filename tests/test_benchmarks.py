@@ -19,6 +19,7 @@ from benchmarks import (
     sample_speed,
     scale,
     train_speed,
+    validation_sample,
 )
 from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
 from tests.conftest import sh, write_params
@@ -101,6 +102,7 @@ SCRIPTS = (
     "sample_speed",
     "scale",
     "train_speed",
+    "validation_sample",
 )
 
 
@@ -135,6 +137,14 @@ def test_sample_speed_runs_a_tiny_round(capsys, torch_threads):
     argv = ["--rounds", "1", "--length", "10", "--ref-length", "5", "--batch", "2", "--batch-length", "5"]
     sample_speed.main(argv + ["--threads", "1"])
     assert "batch 1, a seed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
+def test_validation_sample_runs_a_tiny_round(capsys, torch_threads):
+    argv = ["--rounds", "1", "--threads", "1", "--chars", "5", "--lstm-size", "32", "--val-chars", "2000"]
+    assert validation_sample.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| sample |" in out and "share of a validation" in out
 
 
 @pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")

@@ -115,6 +115,9 @@ class TrainConfig(Section):
     # params and data, else start fresh (saying why); "never": always start fresh;
     # "require": resume or fail.
     resume: Literal["auto", "never", "require"] = "auto"
+    # Characters each validation writes after sample.prime (sample.top_k, .temperature, .seed),
+    # printed under the validation line and kept in the MLflow run (samples/); 0: none.
+    sample_chars: int = Field(200, ge=0, **_expect("0 (no samples) or a number of characters, e.g. 200"))
 
     @model_validator(mode="after")
     def _min_lr_below_lr(self):
@@ -161,6 +164,9 @@ class TrackingConfig(Section):
     model_name: str = Field("karnna-char-lstm", min_length=1, **_expect("a non-empty model name"))
     # Log the train loss to MLflow every this many steps (batched, not one call per step).
     log_every: PositiveInt = 10
+    # MLflow's own system metrics (system/cpu_utilization_percentage, memory, disk, network; GPU
+    # where nvidia-ml-py finds one) in the training run, every 10 s (MLflow's default).
+    system_metrics: bool = False
 
 
 class Config(Section):

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -101,6 +102,17 @@ class MlflowReporter(Reporter):
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None, kept: bool = False) -> None:
         record = {"run": self.run_id, "artifact": str(Path(path).resolve()), "dir": artifact_path}
         self.outbox.put({**record, "kept": True} if kept else record)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        # A file of its own per call, kept until sent (beside the write-ahead file, or in a
+        # folder of its own), since the sender uploads it later; the store replaces a file of
+        # the same name, so a step logged again by a resumed run is still one file.
+        folder, _, name = artifact_file.rpartition("/")
+        log = self.outbox.log
+        unique = uuid.uuid4().hex
+        path = log.keep(f"{self.run_id}/{unique}/{name}") if log is not None else Path(tempfile.mkdtemp()) / name
+        path.write_text(text, encoding="utf-8")
+        self.log_artifact(path, folder or None, kept=True)
 
     def on_eval(self, step: int, val_loss: float) -> None:
         self.log_metrics({"val_loss": val_loss, "val_bpc": bits_per_char(val_loss)}, step)
@@ -209,12 +221,17 @@ def start_training_run(
     log = wal.WriteAheadLog(pending) if pending is not None else None
     outbox = wal.Outbox(client, uri, log, say)
     reporter = MlflowReporter(run.info.run_id, outbox, logged_params=run.data.params)
+    monitor = system_metrics(
+        run.info.run_id, uri, resumed=run.info.run_id == resume_run_id, on=cfg.tracking.system_metrics
+    )
     try:
         reporter.log_params({**cfg.flat(), **_versions(), **context})
         yield reporter
         reporter.wait()
+        monitor.finish()  # its last points before the run ends
         reporter.end(RunStatus.FINISHED)
     except BaseException as exc:
+        monitor.finish()
         _end_failed(reporter, exc, stopped=isinstance(exc, stops))
         raise
     finally:
@@ -227,6 +244,26 @@ def start_training_run(
                 f"{wal.shown(log.file)} by the next stage that reaches it, or by `{wal.SYNC_COMMAND}` "
                 "once it is back"
             )
+
+
+class _Off:
+    def finish(self) -> None:
+        pass
+
+
+def system_metrics(run_id: str, uri: str, resumed: bool, on: bool):
+    """MLflow's own system metrics monitor on the run (tracking.system_metrics), started; its
+    finish() stops it. A thread of MLflow's that samples CPU, memory, disk and network (GPU
+    where nvidia-ml-py finds one) every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) and logs
+    them as system/... metrics straight to the store, not through the write-ahead file: while the
+    store is away they are not kept. A resumed run continues their steps."""
+    if not on:
+        return _Off()
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def reopen(client: MlflowClient, run_id: str, experiment_id: str):

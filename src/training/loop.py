@@ -40,6 +40,7 @@ from src.model.charrnn import CharRNN, State, count_params, detach, sizing_advic
 from src.training import evaluate, interim
 from src.training.device import autocast, precision_name, resolve_device, resolve_precision
 from src.training.report import EvalHook, Reporter
+from src.training.samples import ValidationSamples
 from src.training.setup import new_state
 from src.training.state import TrainPaths, TrainState, fingerprint
 from src.utils import fileio
@@ -173,6 +174,7 @@ class TrainContext:
     interim_chars: Optional[int] = None  # evaluate.interim_chars; None: the whole split
     say: Callable[[str], None] = print  # a line for the user, above the progress bar
     on_log: Callable[[], object] = lambda: None  # at each log point and validation chunk, in this thread
+    samples: Callable[[TrainState, Callable[[str], None]], None] = lambda state, say: None  # after each validation
 
     @property
     def steps_per_epoch(self) -> int:
@@ -205,6 +207,7 @@ def validate(ctx: TrainContext, state: TrainState) -> None:
         f"val {loss:.4f} nats ({evaluate.bits_per_char(loss):.3f} bpc)  best {state.best_val:.4f} @ {state.best_step}"
         + ("  *" if improved else "")
     )
+    ctx.samples(state, ctx.say)
     for hook in ctx.hooks:
         hook(state.step, loss)
 
@@ -277,6 +280,7 @@ def train(
         eval_chars,
         interim_chars,
         on_log=on_log,
+        samples=ValidationSamples(cfg, vocab, reporter),
     )
     total_steps = min(t.epochs * ctx.steps_per_epoch, t.max_steps or math.inf)
     state = new_state(cfg, vocab, total_steps, fingerprint(cfg, train_ids, val_ids), device, reporter.run_id)

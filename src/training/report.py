@@ -28,6 +28,10 @@ class Reporter:
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         pass
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Keep `text` as the run's file `artifact_file` (e.g. samples/all.txt), replacing one of
+        that name."""
+
     def on_eval(self, step: int, val_loss: float) -> None:
         """After each evaluation during training (an EvalHook)."""
 

@@ -24,7 +24,13 @@ from src.model.charrnn import CharRNN, State, load_weights
 from src.utils.errors import KarnnaError
 
 # Params that change how often things are printed or saved, not the numbers a run produces.
-NOT_IN_FINGERPRINT = {"train.log_interval", "train.checkpoint_interval", "train.resume", "train.num_threads"}
+NOT_IN_FINGERPRINT = {
+    "train.log_interval",
+    "train.checkpoint_interval",
+    "train.resume",
+    "train.num_threads",
+    "train.sample_chars",
+}
 
 
 @dataclass
@@ -113,7 +119,7 @@ def set_aside(path: Path) -> Path:
 class TrainState:
     """Everything the next step depends on: weights, optimizer, schedule, the dropout generator's
     state, the position in the data, the hidden state carried between windows, the best
-    validation loss, the histories and the MLflow run id. to_payload() is what models/last.pt
+    validation loss, the histories, the validations' samples and the MLflow run id. to_payload() is what models/last.pt
     holds; load_payload() puts a payload back into a state built for the same params and data."""
 
     model: CharRNN
@@ -132,6 +138,7 @@ class TrainState:
     last_val: float = math.nan
     train_history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[tuple[int, float, str]] = field(default_factory=list)  # (step, val loss, text): samples.py
 
     def to_payload(self, config: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint payload's extra keys (besides weights, spec and vocabulary)."""
@@ -150,6 +157,7 @@ class TrainState:
             "best_step": self.best_step,
             "train_history": [list(x) for x in self.train_history],
             "val_history": [list(x) for x in self.val_history],
+            "samples": [list(x) for x in self.samples],
         }
         return {"run_id": self.run_id, "config": config, "val_loss": self.last_val, "resume": resume}
 
@@ -166,4 +174,5 @@ class TrainState:
         self.best_val, self.best_step = r["best_val"], r["best_step"]
         self.train_history = [tuple(x) for x in r["train_history"]]
         self.val_history = [tuple(x) for x in r["val_history"]]
+        self.samples = [tuple(x) for x in r.get("samples", [])]  # none in a last.pt from before them
         self.last_val = self.val_history[-1][1] if self.val_history else math.nan
