@@ -212,7 +212,7 @@ def test_a_prefix_score_never_becomes_the_best_checkpoint(tmp_path, base, study_
     monkeypatch.setattr(
         train_module.evaluate,
         "stream_loss",
-        lambda model, ids, *a: real(model, ids, *a) + (10.0 if len(ids) == whole else 0.0),
+        lambda model, ids, *a, **kw: real(model, ids, *a, **kw) + (10.0 if len(ids) == whole else 0.0),
     )
     cfg = with_overrides(base, {"train.max_steps": 20})
     paths = TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt")
