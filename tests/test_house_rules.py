@@ -66,6 +66,7 @@ LAYERS = {
 MLFLOW_PACKAGES = {"src.tracking", "src.serving"}
 MLFLOW_USERS = {
     "src.sample",
+    "src.ui",
     "src.tune",
     "src.tracking_sync",
     "src.tracking_server",
