@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace, uri: str) -> int:
     if args.view == "mlflow":
         url, cmd = mlflow_ui(uri, config_from_dict(raw, args.params.name).tracking.experiment, port)
     else:
-        url, cmd = dashboard(tune_config_from_dict(raw, args.params.name).storage, port)
+        url, cmd = dashboard(dashboard_storage(raw, args.params.name), port)
     print(f"{args.view}: {url}", flush=True)
     if cmd is None:
         return 0
@@ -73,13 +73,16 @@ def mlflow_ui(uri: str, experiment: str, port: int) -> tuple[str, Optional[list[
     return url, [mlflow, "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
 
 
+def dashboard_storage(raw: dict, source: str = "params.yaml") -> Optional[str]:
+    """The study's storage: tune.storage, else the tuner's journal file where it exists, else None."""
+    storage = tune_config_from_dict(raw, source).storage
+    return storage or (str(FILES.journal) if FILES.journal.is_file() else None)
+
+
 def dashboard(storage: Optional[str], port: int) -> tuple[str, list[str]]:
-    """-> (the dashboard's address, the command that serves `storage`: an Optuna URL, else the
-    journal file the tuner writes)."""
+    """-> (the dashboard's address, the command that serves `storage` (dashboard_storage's))."""
     if storage is None:
-        if not FILES.journal.is_file():
-            raise KarnnaError(f"{FILES.journal} does not exist yet: no study to show; run `python -m src.tune` first")
-        storage = str(FILES.journal)
+        raise KarnnaError(f"{FILES.journal} does not exist yet: no study to show; run `python -m src.tune` first")
     command = str(Path(sys.executable).with_name("optuna-dashboard"))
     if not Path(command).is_file():
         raise KarnnaError(f"{command} is missing; install the pinned dependencies (`make setup`)")
