@@ -126,7 +126,8 @@ def samples_page(client, run, steps: list[int], folder: Path) -> Path:
     """An HTML page of the run's samples at `steps` (those it has; else its first, middle and last)."""
     listed = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples") if "step_" in a.path)
     by_step = {int(Path(p).stem.split("_")[1]): p for p in listed}
-    chosen = [s for s in steps if s in by_step] or sorted(by_step)[:: max(1, len(by_step) // 3)][:3]
+    have = sorted(by_step)
+    chosen = [s for s in steps if s in by_step] or sorted({have[0], have[len(have) // 2], have[-1]} if have else ())
     if not chosen:
         raise KarnnaError(f"run {run.info.run_id} has no samples/step_*.txt (trained before train.sample_chars?)")
     columns = []
