@@ -70,8 +70,8 @@ def draw(model: CharRNN, prime_ids, length: int, top_k: int, temperature: float,
 
 def _step(model: CharRNN, idx: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
     """One character through the model by its cell's own step (src.model.cells), plain fp32
-    products: a whole nn.LSTM call per character costs 50x more on CPU (oneDNN repacks the
-    weights at every call). -> (logits (1, vocab), the layers' new states)."""
+    products: an nn.LSTM call per character took 16x longer on CPU (oneDNN repacks the weights
+    at every call; docs/BENCHMARKS.md). -> (logits (1, vocab), the layers' new states)."""
     cell, x, new = model.cell, model.embed(idx), []
     for n, state in enumerate(states):
         w_ih, w_hh, b_ih, b_hh = model.layer_weights(n)
