@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Stages call `python`; this makes it the venv's without activating it.
 RUN    := PATH="$(abspath $(BIN)):$$PATH"
 
-.PHONY: setup repro test test-fast lint preflight clean-venv
+.PHONY: setup repro test test-fast lint preflight ui dashboard clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ repro: setup
 # Before training in a team: the DVC remote, the tracking store (and tune.storage) answer.
 preflight: setup
 	$(RUN) $(BIN)/python -m pipeline.preflight
+
+# The runs in mlflow ui (the experiment's training view) and the study in optuna-dashboard, on
+# 127.0.0.1; each prints its address. PORT=... for another port.
+ui: setup
+	$(RUN) $(BIN)/python -m src.ui mlflow $(if $(PORT),--port $(PORT))
+
+dashboard: setup
+	$(RUN) $(BIN)/python -m src.ui dashboard $(if $(PORT),--port $(PORT))
 
 test: setup lint
 	$(RUN) $(BIN)/python -m pytest

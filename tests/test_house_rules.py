@@ -64,7 +64,15 @@ LAYERS = {
 }
 # MLflow is imported only in these packages; elsewhere only these modules import them.
 MLFLOW_PACKAGES = {"src.tracking", "src.serving"}
-MLFLOW_USERS = {"src.tune", "src.tracking_sync", "src.tracking_server", "src.tuning.runner", "src.tuning.storage"}
+MLFLOW_USERS = {
+    "src.sample",
+    "src.ui",
+    "src.tune",
+    "src.tracking_sync",
+    "src.tracking_server",
+    "src.tuning.runner",
+    "src.tuning.storage",
+}
 
 
 def module_name(path: Path, root: Path = REPO) -> str:

@@ -10,6 +10,7 @@ import pytest
 from src.config.schema import config_from_dict
 from src.generation.sampling import generate
 from src.model import checkpoint
+from src.model.cells import CELLS
 from src.tracking import runs
 from src.training import samples
 from src.training.loop import train
@@ -46,9 +47,12 @@ def test_samples_leave_the_losses_exactly_as_without_them(tmp_path, tiny_data):
     assert len(after) == 3 and all(line.startswith("  sample: Happy") for line in after)
 
 
-def test_the_sample_is_the_text_src_sample_writes_for_that_checkpoint_and_seed(tmp_path, tiny_data):
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_the_sample_is_the_text_src_sample_writes_for_that_checkpoint_and_seed(tmp_path, tiny_data, cell):
     vocab = tiny_data[0]
-    cfg = config(sample_chars=60)
+    params = tiny_params(**PARAMS, train={"sample_chars": 60})
+    params["model"]["cell"] = cell
+    cfg = config_from_dict(params)
     state_samples = []
 
     class Keep(Reporter):

@@ -8,10 +8,10 @@ validation line; the reporter keeps each text as `samples/step_000500.txt` and a
 order, as `samples/all.txt`.
 
 The draws are src.generation.sampling's (top-k, temperature, the argmax of p / Exp(1) noise, a
-generator on the model's device), on the model's own forward: for a seed, the text that
-`python -m src.sample --seed` writes from that checkpoint (a test holds them equal). The train
-stage does not import the sampling code, so editing the served model never retrains
-(tests/test_stage_deps.py).
+generator on the model's device), the steps its fp32 ones (each cell's own step, src.model.cells):
+for a seed, the text that `python -m src.sample --seed` writes from that checkpoint (a test holds
+them equal). The train stage does not import the sampling code, so editing the served model never
+retrains (tests/test_stage_deps.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from src.config.schema import Config
 from src.data.vocab import Vocab
@@ -48,6 +49,7 @@ def draw(model: CharRNN, prime_ids, length: int, top_k: int, temperature: float,
         k = top_k if 0 < top_k < model.spec.vocab_size else 0
         logits, hidden = model(torch.as_tensor(prime_ids, dtype=torch.long, device=device).unsqueeze(0))
         last, out = logits[:, -1].float(), []
+        states = [tuple(s[n] for s in hidden) for n in range(model.spec.num_layers)]
         for i in range(length):
             if k == 1:
                 nxt = last.argmax(dim=-1)
@@ -60,11 +62,23 @@ def draw(model: CharRNN, prime_ids, length: int, top_k: int, temperature: float,
                 nxt = (idx.gather(-1, choice) if k else choice).squeeze(-1)
             out.append(nxt)
             if i + 1 < length:
-                logits, hidden = model(nxt.view(1, 1), hidden)
-                last = logits[:, -1].float()
+                last, states = _step(model, nxt, states)
         return torch.cat(out).tolist()
     finally:
         model.train(was_training)
+
+
+def _step(model: CharRNN, idx: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
+    """One character through the model by its cell's own step (src.model.cells), plain fp32
+    products: an nn.LSTM call per character took 16x longer on CPU (oneDNN repacks the weights
+    at every call; docs/BENCHMARKS.md). -> (logits (1, vocab), the layers' new states)."""
+    cell, x, new = model.cell, model.embed(idx), []
+    for n, state in enumerate(states):
+        w_ih, w_hh, b_ih, b_hh = model.layer_weights(n)
+        xw = F.linear(x, w_ih, b_ih + b_hh if cell.fold_hidden_bias else b_ih)
+        x, state = cell.step(xw, state, w_hh, b_hh, F.linear)
+        new.append(state)
+    return model.head(x).float(), new
 
 
 def all_text(samples: list[tuple[int, float, str]]) -> str:
