@@ -173,13 +173,17 @@ def take(args: argparse.Namespace) -> int:
             runs = pick_runs(client, exp_id, args.runs)
             shoot(url, args.out / "mlflow_runs.png", chromium, args.wait_ms)
             run_page = f"{base}/#/experiments/{exp_id}/runs/{runs[0].info.run_id}"
-            curves = f"{run_page}/model-metrics?{ui.TRAINING_VIEW}"
+            # its loss_curve.png (train and validation loss on one plot) in the run's artifact view;
+            # the Model metrics tab draws every metric, alphabetically, loss last
+            curves = f"{run_page}/artifacts/loss_curve.png?{ui.TRAINING_VIEW}"
             shoot(curves, args.out / "mlflow_loss_curves.png", chromium, args.wait_ms * 2)
             page = samples_page(client, runs[0], args.steps, folder)
             shoot(page.as_uri(), args.out / "mlflow_samples.png", chromium, 2000)
             if len(runs) > 1:
                 ids = json.dumps(sorted(r.info.run_id for r in runs[:2]))
-                query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
+                query = urllib.parse.urlencode(
+                    {"runs": ids, "experiments": json.dumps([exp_id]), "workflowType": "machine_learning"}
+                )
                 shoot(f"{base}/#/compare-runs?{query}", args.out / "mlflow_compare.png", chromium, args.wait_ms)
             else:
                 print("one run only: no compare view (train a second, e.g. dvc exp run -S train.lr=2.0e-3)")
