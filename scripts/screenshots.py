@@ -7,7 +7,7 @@ screenshots with headless Chromium (`chromium --headless=new`, 1400 x 900), stop
 What it shows: the runs table (model-training view, with the Dataset column), a run's loss
 curves, that run's samples at --steps side by side (a page of their own built from the run's
 samples/step_*.txt), the compare view of two runs, and optuna-dashboard's history and parameter
-importance (skipped where there is no study yet). Each PNG is cut to at most 300 KB (fewer colours,
+importance (one taller picture) (skipped where there is no study yet). Each PNG is cut to at most 300 KB (fewer colours,
 then smaller). The runs: --runs (ids or names), else the two latest finished train-stage runs.
 """
 
@@ -80,11 +80,11 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def shoot(url: str, png: Path, chromium: str, wait_ms: int) -> None:
+def shoot(url: str, png: Path, chromium: str, wait_ms: int, window: str = WINDOW) -> None:
     """A screenshot of `url`, cut to MAX_BYTES."""
     png.unlink(missing_ok=True)
     cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    cmd += [f"--screenshot={png}", f"--window-size={WINDOW}", f"--virtual-time-budget={wait_ms}", url]
+    cmd += [f"--screenshot={png}", f"--window-size={window}", f"--virtual-time-budget={wait_ms}", url]
     subprocess.run(cmd, capture_output=True, timeout=180)
     if not png.is_file():
         raise KarnnaError(f"chromium took no screenshot of {url}")
@@ -173,12 +173,17 @@ def take(args: argparse.Namespace) -> int:
             runs = pick_runs(client, exp_id, args.runs)
             shoot(url, args.out / "mlflow_runs.png", chromium, args.wait_ms)
             run_page = f"{base}/#/experiments/{exp_id}/runs/{runs[0].info.run_id}"
-            shoot(f"{run_page}/model-metrics", args.out / "mlflow_loss_curves.png", chromium, args.wait_ms)
+            # its loss_curve.png (train and validation loss on one plot) in the run's artifact view;
+            # the Model metrics tab draws every metric, alphabetically, loss last
+            curves = f"{run_page}/artifacts/loss_curve.png?{ui.TRAINING_VIEW}"
+            shoot(curves, args.out / "mlflow_loss_curves.png", chromium, args.wait_ms * 2)
             page = samples_page(client, runs[0], args.steps, folder)
             shoot(page.as_uri(), args.out / "mlflow_samples.png", chromium, 2000)
             if len(runs) > 1:
                 ids = json.dumps(sorted(r.info.run_id for r in runs[:2]))
-                query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
+                query = urllib.parse.urlencode(
+                    {"runs": ids, "experiments": json.dumps([exp_id]), "workflowType": "machine_learning"}
+                )
                 shoot(f"{base}/#/compare-runs?{query}", args.out / "mlflow_compare.png", chromium, args.wait_ms)
             else:
                 print("one run only: no compare view (train a second, e.g. dvc exp run -S train.lr=2.0e-3)")
@@ -188,15 +193,12 @@ def take(args: argparse.Namespace) -> int:
             proc, url = start("dashboard", free_port(), args.params, folder / "dashboard.log")
             servers.append(proc)
             base = url.rsplit("/dashboard", 1)[0]
-            studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=30))["studies"]
+            listed = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=30))
+            studies = listed.get("study_summaries", listed.get("studies", []))  # optuna-dashboard 0.21: the former
             study = studies[-1]["study_id"]
-            shoot(f"{base}/dashboard/studies/{study}", args.out / "optuna_history.png", chromium, args.wait_ms)
-            shoot(
-                f"{base}/dashboard/studies/{study}/analytics",
-                args.out / "optuna_importance.png",
-                chromium,
-                args.wait_ms,
-            )
+            # the study page: the history, and the parameter importance below it
+            page = f"{base}/dashboard/studies/{study}"
+            shoot(page, args.out / "optuna_history_importance.png", chromium, args.wait_ms, "1400,1700")
         finally:
             for proc in servers:
                 stop(proc)

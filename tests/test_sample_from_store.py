@@ -8,7 +8,9 @@ import re
 
 import pytest
 
+from src.model import checkpoint
 from src.sample import main
+from src.serving import lookup
 from tests.test_tracking import corpus, run_training, tiny_config  # noqa: F401 (fixture)
 
 ARGS = ["--prime", "Happy", "--length", "40", "--seed", "3"]
@@ -77,3 +79,12 @@ def test_which_goes_with_run_only(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--which", "last"])
     assert stop.value.code == 2 and "--which goes with --run" in capsys.readouterr().err
+
+
+def test_which_picks_the_runs_best_or_last_checkpoint(stored, tmp_path):
+    """last.pt carries the resume state, best.pt does not (their weights may be the same)."""
+    uri, run_id, _ = stored
+    last = lookup.run_checkpoint(uri, run_id, "last", tmp_path / "l")
+    best = lookup.run_checkpoint(uri, run_id, "best", tmp_path / "b")
+    assert (last.name, best.name) == ("last.pt", "best.pt")
+    assert "resume" in checkpoint.load_payload(last) and "resume" not in checkpoint.load_payload(best)
