@@ -3,15 +3,17 @@
     python -m benchmarks.scale [--sizes 1M,10M,100M,1G] [--train-up-to 100M] [--steps 50] [--tmp /tmp]
 
 For each size a corpus is made on the fly from the novel (its CRLF lines, one line in 7 written
-in Cyrillic and one in 13 with accented Latin letters, so about a tenth of the characters take 2
+in Cyrillic and one in 13 with accented Latin letters, so that an eighth of the characters take 2
 bytes in UTF-8; repeated to the size), in a temporary copy of the repository with a params.yaml
 pointing at it. Each stage then runs as the pipeline runs it, `python -m pipeline.<stage>`, in a
 process of its own, and the table gives its wall time (interpreter and imports included) and peak
-resident memory (the process's ru_maxrss), per million characters and per character. The training
+resident memory (the process's ru_maxrss), per million characters and per character. The net
+columns take off what the stage costs on 20K characters (its start-up: the interpreter and the
+imports, about 2 s and 250 MB), so they show how its own work grows with the corpus. The training
 is a fixed small one (1x128 LSTM, --steps steps, one validation: the last, on the whole split),
 so the time of train and evaluate grows with the validation split only. Sizes above --train-up-to
-run corpus, encode and split only. The temporary folder (corpus, ids: about 4 bytes per
-character) is deleted after each size.
+run corpus, encode and split only. The temporary folder (corpus, its copy and the ids: about 4.5
+bytes per character) is deleted after each size.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from benchmarks.common import REPO, machine, novel_path, table
 
 STAGES = ("corpus", "encode", "split", "train", "evaluate", "sample")
 DATA_STAGES = STAGES[:3]
+STARTUP_CHARS = 20_000
 UNITS = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
 CYRILLIC = str.maketrans(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
@@ -151,21 +154,43 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise SystemExit("no novel beside the checkout (../shared/data/anna.txt): nothing to make corpora from")
     base = mixed_text(path.read_bytes().decode("utf-8"))
     print(machine(), flush=True)
+    # Each stage's start-up (interpreter, imports, a tiny corpus): what the net columns take off,
+    # so that they show how a stage's own work grows with the corpus.
+    print("start-up:", flush=True)
+    needed = STAGES if any(chars <= train_up_to for chars in sizes) else DATA_STAGES
+    startup = {stage: (s, m) for stage, s, m in measure(STARTUP_CHARS, needed, args.steps, base, args.tmp)}
     rows = []
     for chars in sizes:
         stages = STAGES if chars <= train_up_to else DATA_STAGES
         for stage, seconds, peak in measure(chars, stages, args.steps, base, args.tmp):
+            net_s, net_m = seconds - startup[stage][0], peak - startup[stage][1]
             rows.append(
                 (
                     label(chars),
                     stage,
                     f"{seconds:.1f}",
-                    f"{seconds / chars * 1e6:.2f}",
+                    f"{seconds / chars * 1e6:.3f}",
+                    f"{net_s / chars * 1e6:.3f}",
                     f"{peak / 1e6:.0f}",
+                    f"{net_m / 1e6:.0f}",
                     f"{peak / chars:.2f}",
                 )
             )
-    print(table(("chars", "stage", "seconds", "s per M chars", "peak RSS MB", "peak bytes per char"), rows))
+    headers = (
+        "chars",
+        "stage",
+        "seconds",
+        "s per M chars",
+        "net s per M chars",
+        "peak RSS MB",
+        "net peak MB",
+        "peak bytes per char",
+    )
+    print(table(headers, rows))
+    print(
+        f"net: less the stage's start-up on {STARTUP_CHARS:,} characters: "
+        + ", ".join(f"{stage} {s:.1f} s, {m / 1e6:.0f} MB" for stage, (s, m) in startup.items())
+    )
 
 
 if __name__ == "__main__":

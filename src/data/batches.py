@@ -43,7 +43,11 @@ class Grid:
         return self.array.shape[dim]
 
     def __getitem__(self, key) -> torch.Tensor:
-        return torch.from_numpy(self.array[key].astype(np.int64)).to(self.device)
+        window = torch.from_numpy(self.array[key].astype(np.int64))
+        if self.device.type == "cuda":
+            # From pinned memory the copy is queued behind the running step, not waited for.
+            return window.pin_memory().to(self.device, non_blocking=True)
+        return window.to(self.device)
 
 
 class Ids:
