@@ -4,7 +4,7 @@ keep an exact copy in data/corpus.txt, so the later stages read a file DVC track
 import sys
 
 from pipeline.common import CORPUS, ROOT, load_config, stage
-from src.data import corpus, streaming
+from src.data import chunks, corpus
 from src.utils import fileio
 
 
@@ -23,7 +23,7 @@ def main() -> None:
         # Copied in chunks, checked on the way: a local corpus of any size in bounded memory.
         source = str(found)
         with fileio.atomic_path(CORPUS) as tmp:
-            size, digest = streaming.copy_checked(found, tmp, source)
+            size, digest = chunks.copy_checked(found, tmp, source)
             corpus.check_digest(digest, cfg.sha256, source)
     print(f"corpus: {size:,} bytes from {source} (sha256 {digest[:16]}...) -> {CORPUS.relative_to(ROOT)}")
 

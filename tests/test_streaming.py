@@ -106,7 +106,7 @@ def test_ids_of_a_vocabulary_past_256_characters_are_uint16(tmp_path):
 def test_the_corpus_copy_is_exact_and_checked_in_chunks(tmp_path):
     import hashlib
 
-    from src.data.streaming import copy_checked
+    from src.data.chunks import copy_checked
 
     raw = MIXED.encode("utf-8")
     (tmp_path / "in.txt").write_bytes(raw)
