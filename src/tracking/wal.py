@@ -34,6 +34,7 @@ from src.utils.errors import KarnnaError, first_line
 
 FOLDER = "tracking-pending"
 COPIES = "copies"  # artifacts as they were when kept, one folder each
+FILES = "files"  # files written to be logged (the loss figure, samples), one folder each
 # While the store is away the sender tries again this often (an attempt costs the bounded
 # client retries below); a closing run tries once more at once.
 RETRY_S = 5.0
@@ -154,7 +155,7 @@ class WriteAheadLog:
 
     def keep(self, name: str) -> Path:
         """A path beside the log for a file that a record will name."""
-        path = self.folder / "files" / name
+        path = self.folder / FILES / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -162,6 +163,12 @@ class WriteAheadLog:
         """Forget what is kept: everything was sent (the copies too, as their originals)."""
         self.file.unlink(missing_ok=True)
         shutil.rmtree(self.folder / COPIES, ignore_errors=True)
+
+    def drop_files(self) -> None:
+        """Remove the files written to be logged (no writer may be running): once the log is
+        sent, what is left there was written by a writer killed before its record reached the log,
+        and a resumed run logs that step again."""
+        shutil.rmtree(self.folder / FILES, ignore_errors=True)
 
     def tidy(self) -> None:
         """Remove the folder once it holds no file (no writer may be running)."""
@@ -328,6 +335,7 @@ def replay(folder: Path, say: Callable[[str], None], uri: Optional[str] = None) 
                 ) from None
             raise
     log.clear()
+    log.drop_files()
     log.tidy()
     if records:
         say(f"tracking: sent {len(records)} records kept in {shown(folder)} to the store")
