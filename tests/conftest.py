@@ -160,3 +160,30 @@ def repo(stage_repo) -> Path:
 def ran_stages(output: str) -> list[str]:
     """The stages `dvc repro` ran, in order, from its output."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+class PowerCutAt(Reporter):
+    """Passes everything on to `inner`, and fails like a power cut once the loop reaches `step`."""
+
+    def __init__(self, inner: Reporter, step: int):
+        self.inner, self.step, self.run_id = inner, step, inner.run_id
+
+    def log_params(self, params):
+        self.inner.log_params(params)
+
+    def log_metrics(self, metrics, step):
+        self.inner.log_metrics(metrics, step)
+        if step >= self.step:
+            raise RuntimeError("power cut")
+
+    def log_text(self, text, artifact_file):
+        self.inner.log_text(text, artifact_file)
+
+    def on_eval(self, step, val_loss):
+        self.inner.on_eval(step, val_loss)
+
+    def flush(self):
+        self.inner.flush()
+
+    def wait(self):
+        self.inner.wait()

@@ -16,7 +16,7 @@ from src.training import samples
 from src.training.loop import train
 from src.training.report import Reporter
 from src.training.state import TrainPaths, plan_resume
-from tests.conftest import tiny_params
+from tests.conftest import PowerCutAt, tiny_params
 
 # dropout > 0: a sample that left the model in eval mode would change the losses after it
 PARAMS = {"model": {"dropout": 0.3}, "sample": {"prime": "Happy", "top_k": 3, "temperature": 0.9}}
@@ -77,33 +77,6 @@ def test_a_prime_the_vocabulary_lacks_gives_way_to_one_it_has(tmp_path, tiny_dat
     assert [line for line in lines if "sample:" in line][0].startswith(f"  sample: {prime}")
 
 
-class CrashAfter(Reporter):
-    """Passes everything on to `inner`; fails like a power cut at the first metric of `step` or later."""
-
-    def __init__(self, inner: Reporter, step: int):
-        self.inner, self.step, self.run_id = inner, step, inner.run_id
-
-    def log_params(self, params):
-        self.inner.log_params(params)
-
-    def log_metrics(self, metrics, step):
-        self.inner.log_metrics(metrics, step)
-        if step >= self.step:
-            raise RuntimeError("power cut")
-
-    def log_text(self, text, artifact_file):
-        self.inner.log_text(text, artifact_file)
-
-    def on_eval(self, step, val_loss):
-        self.inner.on_eval(step, val_loss)
-
-    def flush(self):
-        self.inner.flush()
-
-    def wait(self):
-        self.inner.wait()
-
-
 def test_samples_reach_the_run_once_each_across_a_resume(tmp_path, tiny_data):
     """Validations every 10 steps, checkpoints every 15: killed at step 25, the run resumes from
     step 15 and validates step 20 again. The store holds one file per step and all.txt names
@@ -113,7 +86,7 @@ def test_samples_reach_the_run_once_each_across_a_resume(tmp_path, tiny_data):
     vocab, tr, va = tiny_data
     with pytest.raises(RuntimeError, match="power cut"):
         with runs.start_training_run(cfg, uri) as reporter:
-            run(cfg, tiny_data, tmp_path / "run", reporter=CrashAfter(reporter, 25))
+            run(cfg, tiny_data, tmp_path / "run", reporter=PowerCutAt(reporter, 25))
     resume = plan_resume(cfg, tr, va, TrainPaths(tmp_path / "run" / "best.pt", tmp_path / "run" / "last.pt"))
     assert resume["resume"]["step"] == 15
     with runs.start_training_run(cfg, uri, resume_run_id=resume["run_id"]) as again:
@@ -145,7 +118,7 @@ def test_a_resume_from_a_checkpoint_made_before_samples_starts_all_txt_afresh(tm
     cfg = config(checkpoint_interval=15)
     vocab, tr, va = tiny_data
     with pytest.raises(RuntimeError):
-        run(cfg, tiny_data, tmp_path, reporter=CrashAfter(Reporter(), 25))
+        run(cfg, tiny_data, tmp_path, reporter=PowerCutAt(Reporter(), 25))
     resume = plan_resume(cfg, tr, va, TrainPaths(tmp_path / "best.pt", tmp_path / "last.pt"))
     del resume["resume"]["samples"]
     kept = {}

@@ -34,11 +34,10 @@ from src.tracking import runs
 from src.tracking import store as store_module
 from src.training import evaluate
 from src.training.loop import train
-from src.training.report import Reporter
 from src.training.state import TrainPaths, plan_resume
 from src.utils import repo
 from src.utils.errors import KarnnaError
-from tests.conftest import TINY_TEXT, sh, tiny_params, write_params
+from tests.conftest import TINY_TEXT, PowerCutAt, sh, tiny_params, write_params
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -318,30 +317,6 @@ def test_a_resumed_training_continues_its_run(store):
     assert third.run_id != first.run_id
 
 
-class CrashAt(Reporter):
-    """Passes everything on to `inner`, and fails like a power cut once the loop reaches `step`."""
-
-    def __init__(self, inner: Reporter, step: int):
-        self.inner, self.step, self.run_id = inner, step, inner.run_id
-
-    def log_params(self, params):
-        self.inner.log_params(params)
-
-    def log_metrics(self, metrics, step):
-        self.inner.log_metrics(metrics, step)
-        if step >= self.step:
-            raise RuntimeError("power cut")
-
-    def on_eval(self, step, val_loss):
-        self.inner.on_eval(step, val_loss)
-
-    def flush(self):
-        self.inner.flush()
-
-    def wait(self):
-        self.inner.wait()
-
-
 def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, tmp_path):
     uri, _ = store
     vocab, train_ids, val_ids, _ = corpus
@@ -355,7 +330,7 @@ def test_an_interrupted_training_resumed_from_last_pt_is_one_run(store, corpus, 
                 train_ids,
                 val_ids,
                 paths,
-                reporter=CrashAt(reporter, 12),
+                reporter=PowerCutAt(reporter, 12),
                 progress=False,
                 log=lambda _: None,
             )
