@@ -104,6 +104,25 @@ def _wait_running(url: str, name: str, proc: subprocess.Popen) -> None:
     raise AssertionError(f"no trial started: {proc.communicate()}")
 
 
+def _wait_run(db: Path, run_name: str, proc: subprocess.Popen) -> None:
+    """Wait for the trial's MLflow run: the trial turns RUNNING in the study before its parameters
+    are drawn and its run is made, so stopping the server at RUNNING alone could lose the run."""
+    import sqlite3
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            with sqlite3.connect(db, timeout=10) as conn:
+                try:
+                    names = {row[0] for row in conn.execute("SELECT name FROM runs")}
+                except sqlite3.OperationalError:
+                    names = set()  # the store's tables are still being made
+            if run_name in names:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no run {run_name}: {proc.communicate()}")
+
+
 def test_a_database_blip_mid_trial_is_retried_and_the_trial_goes_on(stage_repo, postgres):
     name = f"blip-{os.getpid()}"
     _repo(stage_repo, postgres.url)
@@ -126,6 +145,7 @@ def test_a_long_outage_is_one_line_and_the_trial_is_recovered(stage_repo, postgr
     _repo(stage_repo, postgres.url, tracking=True)
     proc = _tune(stage_repo, name, "--n-trials", "2", "--db-retry", "3")
     _wait_running(postgres.url, name, proc)
+    _wait_run(stage_repo / "mlflow.db", "trial-0", proc)
     postgres.stop()
     try:
         out, err = proc.communicate(timeout=300)
