@@ -22,3 +22,14 @@ def test_system_metrics_reach_the_training_run_when_asked(tmp_path, monkeypatch)
         found[on] = {k for k in run.data.metrics if k.startswith("system/")}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= found[True]
     assert found[False] == set()
+
+
+def test_the_gpu_monitor_has_its_library():
+    """MLflow's GPU monitor reads NVML through pynvml (nvidia-ml-py) and quietly skips the GPU
+    without it: the set-up installs it, so a GPU box gets GPU metrics (where NVML finds no GPU,
+    as here, the monitor is skipped with a debug line)."""
+    import pynvml
+
+    from mlflow.system_metrics.metrics import gpu_monitor
+
+    assert gpu_monitor.pynvml is pynvml
