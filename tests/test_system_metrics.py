@@ -29,7 +29,6 @@ def test_the_gpu_monitor_has_its_library():
     without it: the set-up installs it, so a GPU box gets GPU metrics (where NVML finds no GPU,
     as here, the monitor is skipped with a debug line)."""
     import pynvml
-
     from mlflow.system_metrics.metrics import gpu_monitor
 
     assert gpu_monitor.pynvml is pynvml
