@@ -75,7 +75,7 @@ def main() -> None:
 def scored_data_fingerprint(scores: dict) -> str:
     """The fingerprint of the split files and vocabulary, once they are checked to be the ones
     metrics/eval.json scored (by their lengths: a split rewritten since has to be scored again)."""
-    splits = {name: fileio.read_npy(SPLIT_DIR / f"{name}.npy") for name in ("val", "test")}
+    splits = {name: fileio.map_npy(SPLIT_DIR / f"{name}.npy") for name in ("val", "test")}
     for name, ids in splits.items():
         scored = scores.get(name, {}).get("chars", 0)
         if scored != (len(ids) if len(ids) >= 2 else 0):  # evaluate skips a split under 2 characters

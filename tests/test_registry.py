@@ -157,6 +157,28 @@ def test_fingerprint_names_the_scored_data_not_how_the_files_hold_it():
         assert registry.data_fingerprint(*other) != same
 
 
+def test_fingerprint_of_a_mapped_split_a_slice_at_a_time_is_the_whole_arrays(tmp_path, monkeypatch):
+    """The register stage hashes memory-mapped splits a slice at a time (bounded memory on a large
+    corpus): the digest is the one of the whole arrays as little-endian int64, as documented."""
+    import hashlib
+    import json as json_
+
+    vocab = build_vocab(TINY_TEXT, "lf")
+    split = split_ids(vocab.encode(TINY_TEXT), 0.2, 0.1)
+    for name in ("val", "test"):
+        np.save(tmp_path / f"{name}.npy", getattr(split, name).astype(np.uint8))
+    mapped = [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("val", "test")]
+    h = hashlib.sha256()
+    for part in (
+        json_.dumps(list(vocab.chars), ensure_ascii=False).encode("utf-8"),
+        *(ids.astype("<i8").tobytes() for ids in (split.val, split.test)),
+    ):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    monkeypatch.setattr(registry, "FINGERPRINT_CHUNK", 7)  # slices that end mid-split
+    assert registry.data_fingerprint(vocab, *mapped) == h.hexdigest()[:16]
+
+
 def _old_fingerprint(corpus_text: str) -> str:
     """The params-list fingerprint that versions registered by commit 26217f0 or earlier carry:
     a hash of the corpus and of the params that cut the validation split."""

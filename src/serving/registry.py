@@ -45,6 +45,7 @@ CHAMPION = "champion"
 # Tags of a model version (and of the registered model, for the fingerprint).
 SCORE_TAG = "eval_val_loss"  # the evaluate stage's fp32 loss on the validation split
 FINGERPRINT_TAG = "data_fingerprint"
+FINGERPRINT_CHUNK = 1 << 20  # ids hashed at a time (8 MiB as int64)
 IDENTITY_TAG = "registration_key"  # run, checkpoint bytes and packaged code: one version each
 
 _SRC_DIR = Path(__file__).resolve().parents[1]  # src/: the code packaged with the model
@@ -81,9 +82,13 @@ def data_fingerprint(vocab: Vocab, val: np.ndarray, test: np.ndarray) -> str:
     dtype, vocab.json's layout and its newline policy's name) is not."""
     h = hashlib.sha256()
     chars = json.dumps(list(vocab.chars), ensure_ascii=False).encode("utf-8")
-    for part in (chars, *(np.ascontiguousarray(ids, dtype="<i8").tobytes() for ids in (val, test))):
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
+    h.update(len(chars).to_bytes(8, "little"))
+    h.update(chars)
+    for ids in (val, test):
+        h.update((8 * len(ids)).to_bytes(8, "little"))
+        # a slice at a time: a memory-mapped split of a large corpus is never held whole as int64
+        for start in range(0, len(ids), FINGERPRINT_CHUNK):
+            h.update(np.ascontiguousarray(ids[start : start + FINGERPRINT_CHUNK], dtype="<i8").tobytes())
     return h.hexdigest()[:16]
 
 
