@@ -1,6 +1,6 @@
 """What each AWD-LSTM regulariser costs a training step: off against each one on, side by side.
 
-    python -m benchmarks.regularisers [--steps 20] [--repeats 5] [--warmup 3] [--threads 0] [--precision auto]
+    python -m benchmarks.regularisers [--steps 20] [--repeats 5] [--warmup 3] [--threads 0] [--precision auto] [--json PATH]
 
 The step: src.training.loop.train_step (forward, backward, clipping, Adam) on params.yaml's model,
 2 x 512 LSTM, 64-wide embedding, dropout 0.25, batches of 32 x 100 characters (random ids over
@@ -18,11 +18,21 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 from typing import Optional
 
 import torch
 
-from benchmarks.common import add_glibc_default, fmt_rate, machine, median, table, threads_arg, training_process
+from benchmarks.common import (
+    add_glibc_default,
+    fmt_rate,
+    machine,
+    median,
+    table,
+    threads_arg,
+    training_process,
+    write_json,
+)
 from src.config.schema import ModelConfig, config_from_dict
 from src.data import batches
 from src.data.vocab import Vocab
@@ -109,6 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--embedding-dim", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=100)
+    p.add_argument("--json", type=Path, default=None, help="also write every timed step here")
     add_glibc_default(p)
     args = p.parse_args(argv)
     _, setup = training_process(args.threads, args.glibc_default)
@@ -129,6 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f"precision {args.precision}; {args.repeats} x {args.steps} timed steps per variant after {args.warmup} "
         f"warm-up; load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
+    write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "steps_s": steps, "base_s": base})
     return 0
 
 

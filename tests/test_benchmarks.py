@@ -134,13 +134,15 @@ def test_peak_runs_on_tiny_shapes(capsys, torch_threads):
     assert "| project | bf16 |" in capsys.readouterr().out
 
 
-def test_regularisers_times_each_variant_against_off(capsys, torch_threads):
+def test_regularisers_times_each_variant_against_off(capsys, torch_threads, tmp_path):
     argv = ["--threads", "1", "--steps", "1", "--repeats", "2", "--warmup", "1", "--precision", "fp32"]
+    argv += ["--json", str(tmp_path / "r.json")]
     regularisers.main(argv + ["--lstm-size", "16", "--embedding-dim", "4", "--batch", "2", "--seq-len", "4"])
     out = capsys.readouterr().out
     assert "| off |" in out and out.count("| 1.000 |") >= 1
     for name in ("locked", "weight_drop 0.5", "embed_dropout 0.1", "all three"):
         assert f"| {name} |" in out
+    assert all(len(s) == 2 for s in json.loads((tmp_path / "r.json").read_text())["steps_s"].values())
 
 
 @pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
