@@ -16,6 +16,7 @@ from benchmarks import (
     gpu_check,
     peak,
     profile_step,
+    regularisers,
     sample_speed,
     scale,
     train_speed,
@@ -76,7 +77,7 @@ class _SetUp(Exception):
     pass
 
 
-@pytest.mark.parametrize("bench", [peak, train_speed, profile_step])
+@pytest.mark.parametrize("bench", [peak, train_speed, profile_step, regularisers])
 def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monkeypatch):
     calls = []
 
@@ -98,6 +99,7 @@ SCRIPTS = (
     "gpu_check",
     "peak",
     "profile_step",
+    "regularisers",
     "sample_precision",
     "sample_speed",
     "scale",
@@ -130,6 +132,17 @@ def torch_threads():
 def test_peak_runs_on_tiny_shapes(capsys, torch_threads):
     peak.main(["--threads", "1", "--seconds", "0.01", "--lstm-size", "32", "--batch", "4", "--seq-len", "4"])
     assert "| project | bf16 |" in capsys.readouterr().out
+
+
+def test_regularisers_times_each_variant_against_off(capsys, torch_threads, tmp_path):
+    argv = ["--threads", "1", "--steps", "1", "--repeats", "2", "--warmup", "1", "--precision", "fp32"]
+    argv += ["--json", str(tmp_path / "r.json")]
+    regularisers.main(argv + ["--lstm-size", "16", "--embedding-dim", "4", "--batch", "2", "--seq-len", "4"])
+    out = capsys.readouterr().out
+    assert "| off |" in out and out.count("| 1.000 |") >= 1
+    for name in ("locked", "weight_drop 0.5", "embed_dropout 0.1", "all three"):
+        assert f"| {name} |" in out
+    assert all(len(s) == 2 for s in json.loads((tmp_path / "r.json").read_text())["steps_s"].values())
 
 
 @pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")

@@ -12,7 +12,8 @@ from src.data.vocab import build_vocab
 from src.generation import stepper as stepper_mod
 from src.generation.sampling import STEPPER_BELOW, Stepper, generate, stream
 from src.model.cells import CELLS
-from src.model.charrnn import CharRNN, ModelSpec, dropout_mask
+from src.model.charrnn import CharRNN, ModelSpec
+from src.model.masks import dropout_mask
 from src.training.device import cpu_has_fast_bf16
 from tests.conftest import TINY_TEXT
 

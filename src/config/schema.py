@@ -26,6 +26,7 @@ from pydantic import (
 
 from src.config.messages import CrossField, kind_of, one_line
 from src.model.cells import CELLS
+from src.model.regularisers import DROPOUT_KINDS
 from src.utils.errors import KarnnaError
 
 
@@ -80,6 +81,14 @@ class ModelConfig(Section):
     lstm_size: PositiveInt = 512
     num_layers: PositiveInt = 2
     dropout: float = Field(0.25, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.5 keeps half the units)"))
+    # How model.dropout draws its masks (between layers and on the last layer's output):
+    # "standard": a fresh mask per element and time step; "locked": one mask per sequence row,
+    # the same at every time step (variational dropout, as AWD-LSTM).
+    dropout_kind: Literal[DROPOUT_KINDS] = "standard"
+    # DropConnect on each layer's hidden-to-hidden weights, one mask per batch; 0: off.
+    weight_drop: float = Field(0.0, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.0 is off; 1 would drop every weight)"))
+    # Whole characters dropped from the embedding table, one mask per batch; 0: off.
+    embed_dropout: float = Field(0.0, ge=0.0, lt=1.0, **_expect("in [0, 1) (0.0 is off; 1 would drop every character)"))
 
 
 class TrainConfig(Section):

@@ -6,15 +6,16 @@ user's word for the width. torch's nn.LSTM / nn.GRU / nn.RNN build each layer wi
 fused cuDNN / oneDNN path. The recurrent state is the model's own business: `State` is a tuple
 the rest of the code creates with init_hidden, passes back, detaches and saves, never opens.
 
-Dropout on CPU is drawn here rather than by the torch module / nn.Dropout: ATen's CPU
-`bernoulli_` falls back on non-Intel CPUs to a serial per-element generator, a large share of
-a training step (docs/BENCHMARKS.md, "Precision and the training step"). `dropout_mask` takes 16 random bits per element,
-four elements per 64-bit draw, and compares them in vectorised code. CUDA keeps its fused dropout.
+Dropout on CPU is drawn by src.model.masks rather than by the torch module / nn.Dropout (ATen's
+CPU `bernoulli_` is slow on non-Intel CPUs); CUDA keeps its fused dropout unless a regulariser of
+src.model.regularisers is on (model.dropout_kind: locked, model.weight_drop, model.embed_dropout):
+then every device runs `_by_layer`, one fused layer call at a time, with masks from the
+training's own generator. All of them act in training only: eval mode and the sampling paths
+see the raw weights.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.model.cells import CELLS, cells_with_gates
+from src.model.regularisers import DROPOUT_KINDS, dropout, embed_dropout, locked_dropout, weight_drop
 from src.utils.errors import KarnnaError
 
 # The network's recurrent state: (h, c) for an LSTM, (h,) for a GRU or RNN; each (num_layers, batch, lstm_size).
@@ -39,6 +41,10 @@ class ModelSpec:
     num_layers: int
     dropout: float
     cell: str = "lstm"  # a checkpoint spec without a cell is an LSTM's
+    # Training-only regularisers; a checkpoint spec from before them has them off.
+    dropout_kind: str = "standard"
+    weight_drop: float = 0.0
+    embed_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +55,8 @@ class CharRNN(nn.Module):
         super().__init__()
         if spec.cell not in CELLS:
             raise KarnnaError(f"model.cell {spec.cell!r} is not one of {', '.join(CELLS)}")
+        if spec.dropout_kind not in DROPOUT_KINDS:
+            raise KarnnaError(f"model.dropout_kind {spec.dropout_kind!r} is not one of {', '.join(DROPOUT_KINDS)}")
         self.spec = spec
         self.cell = CELLS[spec.cell]
         self.embed = nn.Embedding(spec.vocab_size, spec.embedding_dim)
@@ -77,9 +85,9 @@ class CharRNN(nn.Module):
         """idx (B, T) int -> logits (B, T, vocab_size) (a non-contiguous view), the next state."""
         if hidden is None:
             hidden = self.init_hidden(idx.size(0), idx.device)
-        x = self.embed(idx.long().t())  # (T, B, E)
+        x = self._embed(idx.long().t())  # (T, B, E)
         p = self.spec.dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if (p > 0.0 and x.device.type == "cpu") or self._regularised():
             out, hidden = self._by_layer(x, hidden, p)
         else:
             # cuDNN's dropout between layers draws from the device's default generator: the
@@ -92,6 +100,17 @@ class CharRNN(nn.Module):
                 out = dropout(out, p, self.generator)
         return self.head(out).transpose(0, 1), hidden  # (B, T, V), a view
 
+    def _regularised(self) -> bool:
+        """Whether a training-only regulariser beyond standard dropout acts on this call."""
+        s = self.spec
+        locked = s.dropout_kind == "locked" and s.dropout > 0.0
+        return self.training and (locked or s.weight_drop > 0.0 or s.embed_dropout > 0.0)
+
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.spec.embed_dropout == 0.0:
+            return self.embed(idx)
+        return F.embedding(idx, embed_dropout(self.embed.weight, self.spec.embed_dropout, self.generator))
+
     def layer_weights(self, n: int) -> list[torch.Tensor]:
         """Layer n's (weight_ih, weight_hh, bias_ih, bias_hh), the torch module's own parameters."""
         return [getattr(self.rnn, f"{kind}_l{n}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -102,12 +121,17 @@ class CharRNN(nn.Module):
         ATen runs a multi-layer CPU RNN one oneDNN layer at a time anyway, so nothing is lost.
         The weights stay the module's own parameters (same state_dict, same cuDNN path on a GPU);
         tests/test_fast_paths.py checks that with p = 0 this gives the module's output exactly.
+        model.weight_drop masks each layer's W_hh (a copy, drawn once per call) before the same call.
         """
+        drop = locked_dropout if self.spec.dropout_kind == "locked" else dropout
+        p_hh = self.spec.weight_drop if self.training else 0.0
         layers = []
         for n in range(self.spec.num_layers):
             state = tuple(s[n : n + 1] for s in hidden)
-            x, state = self.cell.run_layer(x, state, self.layer_weights(n), self.training)
-            x = dropout(x, p, self.generator)  # between layers, and on the last layer's output
+            w_ih, w_hh, b_ih, b_hh = self.layer_weights(n)
+            weights = [w_ih, weight_drop(w_hh, p_hh, self.generator), b_ih, b_hh]
+            x, state = self.cell.run_layer(x, state, weights, self.training)
+            x = drop(x, p, self.generator)  # between layers, and on the last layer's output
             layers.append(state)
         return x, tuple(torch.cat(parts) for parts in zip(*layers))
 
@@ -142,28 +166,6 @@ def _misfit(model: CharRNN, state_dict: dict[str, torch.Tensor]) -> Optional[str
         f"but the model to load them into has model.cell: {model.spec.cell}; "
         f"set model.cell: {' or '.join(names)} or retrain"
     )
-
-
-def dropout_mask(
-    shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device, generator: Optional[torch.Generator] = None
-) -> torch.Tensor:
-    """Keep-mask scaled by 1 / (1 - p): each element kept with probability 1 - p, p rounded to 1/65536.
-
-    Bits come from `generator` (the training's own, whose state a checkpoint saves), else the
-    default generator.
-    """
-    n = math.prod(shape)
-    cut = min(round(p * 65536), 65535)  # keep when a uniform 16-bit value >= cut
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
-    bits = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
-    keep = bits >= cut - 32768
-    # via uint8: bool -> bfloat16 is a scalar loop on CPU, uint8 -> bfloat16 is vectorised
-    return keep.view(torch.uint8).to(dtype).mul_(65536 / (65536 - cut))
-
-
-def dropout(x: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Inverted dropout, as F.dropout in training; the mask is kept for backward as a multiply."""
-    return x * dropout_mask(x.shape, p, x.dtype, x.device, generator) if p > 0.0 else x
 
 
 def detach(hidden: State) -> State:

@@ -32,7 +32,18 @@ def build_model(cfg: Config, vocab: Vocab, generator: Optional[torch.Generator] 
     """The network, initialised from `generator` (torch's default initialisation, drawn from
     the training's own generator rather than the process-wide one) when given."""
     m = cfg.model
-    model = CharRNN(ModelSpec(vocab.size, m.embedding_dim, m.lstm_size, m.num_layers, m.dropout, m.cell))
+    spec = ModelSpec(
+        vocab.size,
+        m.embedding_dim,
+        m.lstm_size,
+        m.num_layers,
+        m.dropout,
+        m.cell,
+        dropout_kind=m.dropout_kind,
+        weight_drop=m.weight_drop,
+        embed_dropout=m.embed_dropout,
+    )
+    model = CharRNN(spec)
     if generator is not None:
         init_weights(model, generator)
     return model
