@@ -122,7 +122,8 @@ def set_aside(path: Path) -> Path:
 class TrainState:
     """Everything the next step depends on: weights, optimizer, schedule, the dropout generator's
     state, the position in the data, the hidden state carried between windows, the best
-    validation loss, the histories, the validations' samples and the MLflow run id. to_payload() is what models/last.pt
+    validation loss, the histories, the validations' samples, the weights' average (train.ema_decay)
+    and the MLflow run id. to_payload() is what models/last.pt
     holds; load_payload() puts a payload back into a state built for the same params and data."""
 
     model: CharRNN
