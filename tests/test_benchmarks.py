@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from benchmarks import (
+    averaging_cost,
     common,
     core_sharing,
     encode_speed,
@@ -77,7 +78,7 @@ class _SetUp(Exception):
     pass
 
 
-@pytest.mark.parametrize("bench", [peak, train_speed, profile_step, regularisers])
+@pytest.mark.parametrize("bench", [peak, train_speed, profile_step, regularisers, averaging_cost])
 def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monkeypatch):
     calls = []
 
@@ -94,6 +95,7 @@ def test_every_benchmark_of_training_steps_sets_up_its_process_first(bench, monk
 
 # Every script in benchmarks/ that docs/BENCHMARKS.md runs: a new one gets its smoke test here.
 SCRIPTS = (
+    "averaging_cost",
     "core_sharing",
     "encode_speed",
     "gpu_check",
@@ -158,6 +160,14 @@ def test_validation_sample_runs_a_tiny_round(capsys, torch_threads):
     assert validation_sample.main(argv) == 0
     out = capsys.readouterr().out
     assert "| sample |" in out and "share of a validation" in out
+
+
+@pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
+def test_averaging_cost_times_both_variants(capsys, torch_threads):
+    argv = ["--cycles", "2", "--steps", "2", "--warmup", "1", "--threads", "1", "--lstm-size", "16", "--batch", "2"]
+    assert averaging_cost.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| off |" in out and "| on (decay 0.999) |" in out
 
 
 @pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")

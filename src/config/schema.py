@@ -127,10 +127,24 @@ class TrainConfig(Section):
     # Characters each validation writes after sample.prime (sample.top_k, .temperature, .seed),
     # printed under the validation line and kept in the MLflow run (samples/); 0: none.
     sample_chars: int = Field(200, ge=0, **_expect("0 (no samples) or a number of characters, e.g. 200"))
+    # Weight averaging (src/training/averaging.py): validations, best.pt and so the served model
+    # use an exponential moving average of the weights with this decay; None: off (the raw weights).
+    ema_decay: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, **_expect("strictly between 0 and 1, e.g. 0.999, or null (no averaging)")
+    )
+    # The average folds in the weights of the steps after this one; until then it is the weights.
+    ema_start: int = Field(0, ge=0, **_expect("0 or more, below train.max_steps"))
 
     @model_validator(mode="after")
     def _min_lr_below_lr(self):
         _check(self.min_lr <= self.lr, "min_lr", self.min_lr, f"between 0 and train.lr ({self.lr:g})")
+        return self
+
+    @model_validator(mode="after")
+    def _ema_starts_before_the_end(self):
+        if self.ema_decay is not None and self.max_steps is not None:
+            expected = f"below train.max_steps ({self.max_steps}), or nothing is averaged"
+            _check(self.ema_start < self.max_steps, "ema_start", self.ema_start, expected)
         return self
 
 

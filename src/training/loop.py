@@ -10,8 +10,9 @@ them; it is reset at each epoch start. Loss values stay on the device and are fe
 log_interval steps, so the loop does not wait for the device at every step.
 
 Every checkpoint_interval steps models/last.pt receives everything the next step depends on:
-weights, optimizer and schedule, the training's dropout generator, the position in the data, the
-hidden state carried between batches, the best validation loss and the histories. A run killed at
+weights (and their average, train.ema_decay: src/training/averaging.py), optimizer and schedule,
+the training's dropout generator, the position in the data, the hidden state carried between
+batches, the best validation loss and the histories. A run killed at
 any moment and started again continues from there and ends with the same numbers (on CPU) as a
 run that was never interrupted.
 
@@ -37,7 +38,7 @@ from src.data import batches
 from src.data.vocab import Vocab
 from src.model import checkpoint
 from src.model.charrnn import CharRNN, State, count_params, detach, sizing_advice
-from src.training import evaluate, interim
+from src.training import averaging, evaluate, interim
 from src.training.device import autocast, precision_name, resolve_device, resolve_precision
 from src.training.report import EvalHook, Reporter
 from src.training.samples import ValidationSamples
@@ -362,6 +363,7 @@ def run_steps(ctx: TrainContext, state: TrainState, losses: LossLog, bar: tqdm) 
                 state.model, state.optimizer, state.schedule, x, y, state.hidden, ctx.amp, t.grad_clip
             )
             state.step += 1
+            averaging.update(state.average, state.model, state.step)
             state.window += 1
             state.chars_seen += y.numel()
             chars += y.numel()
@@ -375,7 +377,8 @@ def run_steps(ctx: TrainContext, state: TrainState, losses: LossLog, bar: tqdm) 
                 _show_progress(bar, ctx, state, losses)
                 ctx.on_log()
             if evaluating:
-                validate(ctx, state)
+                with averaging.swapped(state.average, state.model):  # validated and best.pt: the average
+                    validate(ctx, state)
             if saving:
                 save_last(ctx, state)
             if end:

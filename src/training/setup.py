@@ -15,6 +15,7 @@ import torch
 from src.config.schema import Config
 from src.data.vocab import Vocab
 from src.model.charrnn import CharRNN, ModelSpec
+from src.training import averaging
 from src.training.state import TrainState
 
 
@@ -84,4 +85,5 @@ def new_state(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total_steps, t.warmup_steps, t.lr_decay, min_ratio)
     )
-    return TrainState(model, opt, sched, total_steps, fp, run_id=run_id)
+    average = averaging.make(t.ema_decay, t.ema_start, total_steps)
+    return TrainState(model, opt, sched, total_steps, fp, run_id=run_id, average=average)

@@ -21,6 +21,7 @@ import torch
 from src.config.schema import Config
 from src.model import checkpoint
 from src.model.charrnn import CharRNN, State, load_weights
+from src.training.averaging import WeightAverage
 from src.utils.errors import KarnnaError
 
 # Params that change how often things are printed or saved, not the numbers a run produces.
@@ -42,10 +43,12 @@ class TrainPaths:
 def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed: the params that shape the numbers and
     the data itself."""
+    # With averaging off its keys shape no number: left out, a last.pt from before them still resumes.
+    off = {"train.ema_decay", "train.ema_start"} if cfg.train.ema_decay is None else set()
     fp = {
         k: v
         for k, v in cfg.flat().items()
-        if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT
+        if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT | off
     }
     fp["rng"] = "per-training generators"  # a last.pt holding global RNG states lacks it: not resumed
     fp["data.train_sha256"] = ids_sha256(train_ids)
@@ -119,7 +122,8 @@ def set_aside(path: Path) -> Path:
 class TrainState:
     """Everything the next step depends on: weights, optimizer, schedule, the dropout generator's
     state, the position in the data, the hidden state carried between windows, the best
-    validation loss, the histories, the validations' samples and the MLflow run id. to_payload() is what models/last.pt
+    validation loss, the histories, the validations' samples, the weights' average (train.ema_decay)
+    and the MLflow run id. to_payload() is what models/last.pt
     holds; load_payload() puts a payload back into a state built for the same params and data."""
 
     model: CharRNN
@@ -139,6 +143,7 @@ class TrainState:
     train_history: list[tuple[int, float]] = field(default_factory=list)
     val_history: list[tuple[int, float]] = field(default_factory=list)
     samples: list[tuple[int, float, str]] = field(default_factory=list)  # (step, val loss, text): samples.py
+    average: Optional[WeightAverage] = None  # train.ema_decay's average of the weights; None: off
 
     def to_payload(self, config: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint payload's extra keys (besides weights, spec and vocabulary)."""
@@ -159,6 +164,8 @@ class TrainState:
             "val_history": [list(x) for x in self.val_history],
             "samples": [list(x) for x in self.samples],
         }
+        if self.average is not None:  # absent with averaging off: last.pt as before it
+            resume["average"] = self.average.to_payload()
         return {"run_id": self.run_id, "config": config, "val_loss": self.last_val, "resume": resume}
 
     def load_payload(self, payload: dict[str, Any]) -> None:
@@ -175,4 +182,6 @@ class TrainState:
         self.train_history = [tuple(x) for x in r["train_history"]]
         self.val_history = [tuple(x) for x in r["val_history"]]
         self.samples = [tuple(x) for x in r.get("samples", [])]  # none in a last.pt from before them
+        if self.average is not None:  # the fingerprint holds train.ema_decay: a payload with the average
+            self.average.load_payload(r["average"], device)
         self.last_val = self.val_history[-1][1] if self.val_history else math.nan
