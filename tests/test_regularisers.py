@@ -197,6 +197,21 @@ def test_resume_with_them_on_gives_the_same_numbers(tmp_path, tiny_data):
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
+def test_a_last_pt_from_before_them_resumes_with_them_off(tmp_path, tiny_data):
+    """A run killed before the keys existed resumes after: off, they are not in the fingerprint;
+    on, they are, so a last.pt made with them off is not resumed with them on."""
+    vocab, tr, va = tiny_data
+    cfg = _cfg({})
+    paths = _paths(tmp_path, "old")
+    with pytest.raises(Crash):
+        train(cfg, vocab, tr, va, paths, reporter=CrashAt(27), progress=False, log=lambda _: None)
+    payload = checkpoint.load_payload(paths.last)
+    assert not set(payload["resume"]["fingerprint"]) & {f"model.{k}" for k in ALL_ON}
+    assert plan_resume(cfg, tr, va, paths, log=lambda _: None)["resume"]["step"] == 20
+    for key, value in ALL_ON.items():
+        assert plan_resume(_cfg({key: value}), tr, va, paths, log=lambda _: None) is None, key
+
+
 def test_a_checkpoint_from_before_them_loads_with_them_off(tmp_path):
     model = _model(dropout=0.3)
     path = tmp_path / "old.pt"

@@ -32,6 +32,13 @@ NOT_IN_FINGERPRINT = {
     "train.num_threads",
     "train.sample_chars",
 }
+# Keys added after last.pt files were written, at the value that computes what runs did before them.
+OFF_VALUES = {
+    "model.dropout_kind": "standard",
+    "model.weight_drop": 0.0,
+    "model.embed_dropout": 0.0,
+    "train.ema_decay": None,
+}
 
 
 @dataclass
@@ -43,11 +50,14 @@ class TrainPaths:
 def fingerprint(cfg: Config, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed: the params that shape the numbers and
     the data itself."""
-    # With averaging off its keys shape no number: left out, a last.pt from before them still resumes.
-    off = {"train.ema_decay", "train.ema_start"} if cfg.train.ema_decay is None else set()
+    flat = cfg.flat()
+    # A key at its OFF_VALUES value shapes no number: left out, a last.pt from before it still resumes.
+    off = {k for k, v in OFF_VALUES.items() if flat[k] == v}
+    if cfg.train.ema_decay is None:
+        off.add("train.ema_start")  # only read while averaging
     fp = {
         k: v
-        for k, v in cfg.flat().items()
+        for k, v in flat.items()
         if k.split(".")[0] in ("model", "train", "evaluate") and k not in NOT_IN_FINGERPRINT | off
     }
     fp["rng"] = "per-training generators"  # a last.pt holding global RNG states lacks it: not resumed
