@@ -260,3 +260,18 @@ def test_the_decay_is_searchable_and_trials_validate_the_average(tmp_path, tiny_
     alone, _ = _run(tmp_path, "alone", cfg, tiny_data)
     off, _ = _run(tmp_path, "off", with_overrides(cfg, {"train.ema_decay": None}), tiny_data)
     assert trial.value == alone.val_history[-1][1] != off.val_history[-1][1]
+
+
+def test_a_last_pt_loaded_to_sample_is_the_average(tmp_path, tiny_data):
+    """python -m src.sample --checkpoint models/last.pt (or --run ... --which last) samples what the
+    run validates: the average; training resumes from the raw weights beside it."""
+    _, paths = _run(tmp_path, "on", _cfg(ema_decay=0.9, ema_start=5, eval_interval=40), tiny_data)
+    payload = checkpoint.load_payload(paths.last)
+    shadow = payload["resume"]["average"]["shadow"]
+    model, _, _ = checkpoint.load(paths.last)
+    assert all(torch.equal(p, a) for p, a in zip(model.parameters(), shadow))
+    assert not all(torch.equal(p, r) for p, r in zip(model.parameters(), payload["state_dict"].values()))
+    off, off_paths = _run(tmp_path, "off", _cfg(eval_interval=40), tiny_data)
+    model, _, _ = checkpoint.load(off_paths.last)  # without averaging: the weights themselves
+    raw = checkpoint.load_payload(off_paths.last)["state_dict"]
+    assert all(torch.equal(p, r) for p, r in zip(model.state_dict().values(), raw.values()))

@@ -101,6 +101,7 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab
         vocab = Vocab.from_dict(payload["vocab"], f"{path} (vocabulary)")
         model = CharRNN(spec)
         load_weights(model, state_dict(payload), str(path))
+        _average_in(model, payload)
     except (KeyError, TypeError) as exc:
         raise KarnnaError(
             f"{path}: checkpoint does not match the model code ({str(exc).splitlines()[0][:160]}); retrain"
@@ -110,6 +111,16 @@ def load(path: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab
             f"{path}: model has {spec.vocab_size} outputs but the vocabulary {vocab.size} characters; retrain"
         )
     return model.to(device).eval(), vocab, payload
+
+
+@torch.no_grad()
+def _average_in(model: CharRNN, payload: dict[str, Any]) -> None:
+    """A last.pt of a run with train.ema_decay holds the raw weights (to resume training) and their
+    average: loaded to sample or score, it is the average, what that run validates and serves."""
+    average = (payload.get("resume") or {}).get("average") or {}
+    if average.get("shadow") is not None:  # None: before train.ema_start, the average is the weights
+        for param, value in zip(model.parameters(), average["shadow"], strict=True):
+            param.copy_(value)
 
 
 def state_dict(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
