@@ -1,6 +1,6 @@
 """How the pipeline scales with the corpus: each stage's wall time and peak memory at 1M to 1G characters.
 
-    python -m benchmarks.scale [--sizes 1M,10M,100M,1G] [--train-up-to 100M] [--steps 50] [--tmp /tmp]
+    python -m benchmarks.scale [--sizes 1M,10M,100M,1G] [--train-up-to 100M] [--steps 50] [--repeats 1] [--tmp /tmp]
 
 For each size a corpus is made on the fly from the novel (its CRLF lines, one line in 7 written
 in Cyrillic and one in 13 with accented Latin letters, so that an eighth of the characters take 2
@@ -12,7 +12,9 @@ columns take off what the stage costs on 20K characters (its start-up: the inter
 imports, about 2 s and 250 MB), so they show how its own work grows with the corpus. The training
 is a fixed small one (1x128 LSTM, --steps steps, one validation: the last, on the whole split),
 so the time of train and evaluate grows with the validation split only. Sizes above --train-up-to
-run corpus, encode and split only. The temporary folder (corpus, its copy and the ids: about 4.5
+run corpus, encode and split only. With --repeats N each size's stages run N times in turn and the
+table gives the median time and the largest peak: at 10M a stage's own work (a fraction of a
+second) is smaller than the jitter of one start-up. The temporary folder (corpus, its copy and the ids: about 4.5
 bytes per character) is deleted after each size.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -108,8 +111,11 @@ def run_stage(repo: Path, stage: str) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024  # KiB on Linux
 
 
-def measure(chars: int, stages: tuple[str, ...], steps: int, base: str, tmp: Optional[str]) -> list[tuple]:
-    """Rows (stage, seconds, peak bytes) for one corpus size."""
+def measure(
+    chars: int, stages: tuple[str, ...], steps: int, base: str, tmp: Optional[str], repeats: int = 1
+) -> list[tuple]:
+    """Rows (stage, median seconds, largest peak bytes) for one corpus size, its stages run
+    `repeats` times in turn (each pass as the pipeline runs them: corpus, then encode, ...)."""
     root = Path(tempfile.mkdtemp(prefix="karnna-scale-", dir=tmp))
     try:
         free = shutil.disk_usage(root).free
@@ -123,12 +129,13 @@ def measure(chars: int, stages: tuple[str, ...], steps: int, base: str, tmp: Opt
         size = make_corpus(corpus, chars, base)
         print(f"{chars:,} characters, {size:,} bytes made in {time.perf_counter() - start:.1f} s", flush=True)
         repo = workspace(root, corpus, steps)
-        rows = []
-        for stage in stages:
-            seconds, peak = run_stage(repo, stage)
-            print(f"  {stage}: {seconds:.1f} s, peak {peak / 1e6:.0f} MB", flush=True)
-            rows.append((stage, seconds, peak))
-        return rows
+        runs: dict[str, list[tuple[float, int]]] = {stage: [] for stage in stages}
+        for _ in range(repeats):
+            for stage in stages:
+                seconds, peak = run_stage(repo, stage)
+                print(f"  {stage}: {seconds:.1f} s, peak {peak / 1e6:.0f} MB", flush=True)
+                runs[stage].append((seconds, peak))
+        return [(stage, statistics.median(s for s, _ in r), max(m for _, m in r)) for stage, r in runs.items()]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -145,6 +152,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--sizes", default="1M,10M,100M,1G", help="corpus sizes in characters (default: %(default)s)")
     p.add_argument("--train-up-to", default="100M", help="larger sizes run corpus, encode, split only")
     p.add_argument("--steps", type=int, default=50, help="training steps (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each stage, median time (default: %(default)s)")
     p.add_argument("--tmp", default=None, help="where the temporary folders go (default: the system's)")
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -158,11 +166,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     # so that they show how a stage's own work grows with the corpus.
     print("start-up:", flush=True)
     needed = STAGES if any(chars <= train_up_to for chars in sizes) else DATA_STAGES
-    startup = {stage: (s, m) for stage, s, m in measure(STARTUP_CHARS, needed, args.steps, base, args.tmp)}
+    startup = {stage: (s, m) for stage, s, m in measure(STARTUP_CHARS, needed, args.steps, base, args.tmp, args.repeats)}
     rows = []
     for chars in sizes:
         stages = STAGES if chars <= train_up_to else DATA_STAGES
-        for stage, seconds, peak in measure(chars, stages, args.steps, base, args.tmp):
+        for stage, seconds, peak in measure(chars, stages, args.steps, base, args.tmp, args.repeats):
             net_s, net_m = seconds - startup[stage][0], peak - startup[stage][1]
             rows.append(
                 (

@@ -3,6 +3,7 @@ training benchmarks' process set up as the train stage's, and a smoke run of eve
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -216,11 +217,14 @@ def test_scale_makes_corpora_of_the_size_asked_with_non_ascii_characters(tmp_pat
 
 
 @pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
-def test_scale_runs_the_data_stages_of_the_smallest_size(capsys):
-    scale.main(["--sizes", "1M", "--train-up-to", "0"])
+def test_scale_runs_the_data_stages_of_the_smallest_size_and_gives_the_median(capsys):
+    scale.main(["--sizes", "1M", "--train-up-to", "0", "--repeats", "3"])
     out = capsys.readouterr().out
     for stage in ("corpus", "encode", "split"):
-        assert f"| 1M | {stage} |" in out
+        runs = re.findall(rf"^  {stage}: ([0-9.]+) s", out, re.M)
+        assert len(runs) == 6  # three on the start-up corpus, three on 1M
+        row = re.search(rf"^\| 1M \| {stage} \| ([0-9.]+) \|", out, re.M)
+        assert row and row.group(1) == sorted(runs[3:], key=float)[1]  # the 1M runs' median
     assert "| 1M | train |" not in out
 
 
