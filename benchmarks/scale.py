@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,7 +166,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     # so that they show how a stage's own work grows with the corpus.
     print("start-up:", flush=True)
     needed = STAGES if any(chars <= train_up_to for chars in sizes) else DATA_STAGES
-    startup = {stage: (s, m) for stage, s, m in measure(STARTUP_CHARS, needed, args.steps, base, args.tmp, args.repeats)}
+    startup = {
+        stage: (s, m) for stage, s, m in measure(STARTUP_CHARS, needed, args.steps, base, args.tmp, args.repeats)
+    }
     rows = []
     for chars in sizes:
         stages = STAGES if chars <= train_up_to else DATA_STAGES
