@@ -22,11 +22,13 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 import yaml
@@ -87,7 +89,23 @@ def grid(source: Path, root: Path, name: str, steps: int, values: str, jobs: int
     status = sh(repo, "dvc", "queue", "status")
     if "Failed" in status:
         sys.exit(f"an experiment failed in {repo}:\n{status}")
-    return {"seconds": seconds, "experiments": experiments(repo, values.split("=")[0])}
+    names = [
+        exp["name"]
+        for base in json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+        for exp in base.get("experiments") or []
+    ]
+    return {
+        "seconds": seconds,
+        "experiments": experiments(repo, values.split("=")[0]),
+        "names": sorted(names),
+        "mlflow_runs": mlflow_runs(repo / "mlflow.db"),
+    }
+
+
+def mlflow_runs(store: Path) -> list[str]:
+    """The names of the training runs in a clone's tracking store (one per experiment is the promise)."""
+    with closing(sqlite3.connect(store)) as db:
+        return sorted(name for (name,) in db.execute("SELECT name FROM runs WHERE lifecycle_stage = 'active'"))
 
 
 def experiments(repo: Path, key: str) -> dict:

@@ -204,6 +204,8 @@ def test_a_queued_grid_runs_two_at_once_with_the_losses_of_one_at_a_time(repo, t
     assert set(figures["j1"]["experiments"]) == {"1", "2"}
     assert figures["identical"], figures
     assert figures["j1"]["experiments"]["1"] != figures["j1"]["experiments"]["2"]  # the grid changed something
+    for jobs in ("j1", "j2"):  # each experiment is one MLflow run, named after it
+        assert len(figures[jobs]["names"]) == 2 and figures[jobs]["mlflow_runs"] == figures[jobs]["names"], figures
     assert "wall time" in capsys.readouterr().out
 
 
