@@ -155,6 +155,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs of each stage, median time (default: %(default)s)")
     p.add_argument("--tmp", default=None, help="where the temporary folders go (default: the system's)")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: give 1 or more runs of each stage")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     train_up_to = parse_size(args.train_up_to)
     path = novel_path()

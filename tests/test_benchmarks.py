@@ -218,6 +218,12 @@ def test_scale_makes_corpora_of_the_size_asked_with_non_ascii_characters(tmp_pat
     assert [scale.parse_size(s) for s in ("1M", "100K", "1G", "2.5M", "42")] == [10**6, 10**5, 10**9, 2_500_000, 42]
 
 
+def test_scale_refuses_fewer_than_one_repeat_in_one_line(capsys):
+    with pytest.raises(SystemExit):
+        scale.main(["--repeats", "0"])
+    assert "--repeats 0: give 1 or more runs of each stage" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(common.novel_path() is None, reason="the novel is not beside the checkout")
 def test_scale_runs_the_data_stages_of_the_smallest_size_and_gives_the_median(capsys):
     scale.main(["--sizes", "1M", "--train-up-to", "0", "--repeats", "3"])
