@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,10 +22,14 @@ from benchmarks import (
     regularisers,
     sample_speed,
     scale,
+    split_parts,
     train_speed,
     validation_sample,
 )
 from benchmarks.common import FEATURES, ISA_CAPS, cpu_info, machine
+from src.data.vocab import build_vocab
+from src.model import checkpoint
+from src.model.charrnn import CharRNN, ModelSpec
 from tests.conftest import sh, write_params
 from tests.test_device import GLIBC, faults
 
@@ -106,6 +111,7 @@ SCRIPTS = (
     "sample_precision",
     "sample_speed",
     "scale",
+    "split_parts",
     "train_speed",
     "validation_sample",
 )
@@ -243,3 +249,26 @@ def test_scale_runs_every_stage_of_the_smallest_size(capsys):
     out = capsys.readouterr().out
     for stage in scale.STAGES:
         assert f"| 1M | {stage} |" in out
+
+
+def test_split_parts_scores_the_text_before_and_from_the_marker(tmp_path, capsys, torch_threads):
+    text = "the end of it. " * 20 + "*** END OF the licence, " * 5
+    vocab = build_vocab(text, "lf")
+    torch.manual_seed(0)
+    checkpoint.save(tmp_path / "best.pt", CharRNN(ModelSpec(vocab.size, 4, 8, 1, 0.0)).eval(), vocab, step=3)
+    split = tmp_path / "val.npy"
+    np.save(split, vocab.encode(text))
+    argv = ["--checkpoint", str(tmp_path / "best.pt"), "--split", str(split), "--json", str(tmp_path / "p.json")]
+    assert split_parts.main(argv) == 0
+    figures = json.loads((tmp_path / "p.json").read_text())
+    at = text.index("*** END OF")
+    assert figures["marker_at"] == at == 300
+    assert {k: v["chars"] for k, v in figures["parts"].items()} == {
+        "whole": len(text),
+        "before the marker": at,
+        "from the marker": len(text) - at,
+    }
+    assert "| from the marker |" in capsys.readouterr().out
+    # a marker the split lacks: the whole split only
+    assert split_parts.main(argv + ["--marker", "*** START"]) == 0
+    assert list(json.loads((tmp_path / "p.json").read_text())["parts"]) == ["whole"]
