@@ -5,27 +5,28 @@
 
 The novel's file ends with the Project Gutenberg licence (19,072 characters from its "*** END OF"
 line), and the validation split is the file's last tenth: this says how much of the split's
-score is the licence. Each part is scored as the evaluate stage scores a split (fp32,
-evaluate.rows x evaluate.chunk_len, from a zero state); the parts' losses weighted by their
+score is the licence. Each part is scored as the evaluate stage scores a split (fp32, the
+default evaluate.rows x evaluate.chunk_len, from a zero state); the parts' losses weighted by their
 characters add up to the whole split's only roughly, since each part starts from a zero state.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, table, write_json
 from src.config.schema import Config
 from src.model import checkpoint
 from src.training import evaluate
 from src.utils import cores
+from src.utils.errors import KarnnaError
 
 MARKER = "*** END OF"
 
@@ -59,9 +60,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             p.error(f"{path} does not exist; run `dvc repro evaluate` first, or pass its path")
     cores.reproducible_fp32(os.environ)  # as the evaluate stage, before torch's first product
     print(machine(torch.get_num_threads()))
-    model, vocab, payload = checkpoint.load(args.checkpoint)
-    ids = np.load(args.split)
-    at = find(ids, vocab.encode(args.marker)) if set(args.marker) <= set(vocab.chars) else None
+    try:
+        model, vocab, payload = checkpoint.load(args.checkpoint)
+    except KarnnaError as e:  # a corrupt checkpoint: one line, naming it and the fix
+        p.error(str(e))
+    try:
+        ids = np.load(args.split)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:  # np.load reads a file starting PK as a .npz
+        p.error(f"{args.split}: not a split's .npy ({e}); pass one of data/split/{{val,test}}.npy")
+    at = None if vocab.missing(args.marker) else find(ids, vocab.encode(args.marker))
     print(f"{args.split}: {len(ids):,} characters; {args.marker!r} " + ("not found" if at is None else f"at {at:,}"))
     ev = Config().evaluate
     scores = {}
@@ -72,13 +79,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         }
     rows = [[n, f"{s['chars']:,}", f"{s['chars'] / len(ids):.1%}", f"{s['loss']:.4f}"] for n, s in scores.items()]
     print(table(["part", "characters", "share", "nats/char (fp32)"], rows))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"checkpoint": str(args.checkpoint), "step": payload["step"], "marker_at": at, "parts": scores},
-                indent=2,
-            )
-        )
+    write_json(
+        args.json, {"checkpoint": str(args.checkpoint), "step": payload["step"], "marker_at": at, "parts": scores}
+    )
     return 0
 
 

@@ -272,3 +272,9 @@ def test_split_parts_scores_the_text_before_and_from_the_marker(tmp_path, capsys
     # a marker the split lacks: the whole split only
     assert split_parts.main(argv + ["--marker", "*** START"]) == 0
     assert list(json.loads((tmp_path / "p.json").read_text())["parts"]) == ["whole"]
+    # a truncated checkpoint, a file that is no .npy: one line each, naming the file
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "best.pt").read_bytes()[:100])
+    for bad in (["--checkpoint", str(tmp_path / "cut.pt")], ["--split", str(tmp_path / "cut.pt")]):
+        with pytest.raises(SystemExit) as stop:
+            split_parts.main(argv + bad)
+        assert stop.value.code == 2 and "cut.pt" in capsys.readouterr().err.splitlines()[-1]
