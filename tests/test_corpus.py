@@ -26,6 +26,33 @@ def test_strip_gutenberg_rejects_other_files():
         corpus.strip_gutenberg("just some text")
 
 
+@pytest.mark.parametrize(
+    "text, book",
+    [
+        (GUTENBERG, "Chapter 1\r\n\r\nHappy families are all alike.\r\n"),
+        # The copy beside the checkout: no header, the licence as its footer.
+        (
+            "Chapter 1\r\n\r\nThe end.\r\n\r\n\r\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\r\nA Word",
+            "Chapter 1\r\n\r\nThe end.\r\n",
+        ),
+        ("*** START OF X ***\nBook\n", "Book\n"),
+        ("line one\nline two *** END OF", "line one\nline two "),
+    ],
+)
+def test_book_span_leaves_out_the_licence(tmp_path, text, book):
+    path = tmp_path / "book.txt"
+    path.write_bytes(text.encode())
+    begin, end = corpus.book_span(path)
+    assert path.read_bytes()[begin:end] == book.encode()
+
+
+@pytest.mark.parametrize("text", ["", "A text of my own.\n", "*** no marker here ***\n"])
+def test_book_span_of_a_text_without_the_markers_is_none(tmp_path, text):
+    path = tmp_path / "mine.txt"
+    path.write_text(text)
+    assert corpus.book_span(path) is None
+
+
 def test_decode_names_the_byte_offset():
     with pytest.raises(KarnnaError, match=r"corpus.txt: not UTF-8 at byte offset 3 \(byte 0xe9\)"):
         corpus.decode_utf8(b"abc\xe9def", "corpus.txt")
@@ -88,6 +115,12 @@ def test_fetch_downloads_and_strips(http_root):
     (root / "pg1399.txt").write_bytes(GUTENBERG.encode("utf-8"))
     text = corpus.fetch(f"{base}/pg1399.txt").decode("utf-8")
     assert text.startswith("Chapter 1") and "END OF" not in text
+
+
+def test_fetch_keeps_the_licence_when_asked(http_root):
+    root, base = http_root
+    (root / "pg1399.txt").write_bytes(GUTENBERG.encode("utf-8"))
+    assert corpus.fetch(f"{base}/pg1399.txt", strip=False) == GUTENBERG.encode("utf-8")
 
 
 def test_fetch_failure_says_where_to_put_the_file(http_root):

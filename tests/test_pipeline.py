@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shlex
@@ -84,6 +85,7 @@ def _stage(repo: Path, name: str) -> subprocess.CompletedProcess:
     "section, values, stage, message",
     [
         ("data", {"path": "no/such/file.txt"}, "corpus", "data.path: 'no/such/file.txt' does not exist"),
+        ("data", {"licence": "strp"}, "corpus", "data.licence: 'strp' is not one of 'strip' | 'keep'"),
         ("train", {"lr": "1e-3"}, "train", "train.lr: expected a number, got string '1e-3'"),
         ("model", {"dropout": 1.5}, "train", "model.dropout: 1.5 is out of range"),
         ("model", {"lstm_size": 0}, "train", "model.lstm_size: 0 is out of range"),
@@ -120,6 +122,25 @@ def test_bad_corpus_fails_cleanly(stage_repo, tmp_path, content, message):
     assert failed.returncode == 2 and message in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr
     assert not list(stage_repo.rglob("*.tmp"))
+
+
+def test_the_corpus_is_the_book_without_its_gutenberg_licence_unless_kept(stage_repo, tmp_path):
+    book = "Chapter 1\r\n\r\nHappy families are all alike.\r\n"
+    text = book + "\r\n\r\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\r\n\r\nA Word from Project Gutenberg $%&\r\n"
+    (tmp_path / "novel.txt").write_bytes(text.encode())
+    params = yaml.safe_load((stage_repo / "params.yaml").read_text())
+    params["data"].update({"path": str(tmp_path / "novel.txt"), "sha256": hashlib.sha256(book.encode()).hexdigest()})
+    write_params(stage_repo, params)
+    proc = _stage(stage_repo, "corpus")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Project Gutenberg's licence left out ({len(text) - len(book)} bytes" in proc.stdout
+    assert (stage_repo / "data" / "corpus.txt").read_bytes() == book.encode()
+
+    params["data"].update({"licence": "keep", "sha256": None})
+    write_params(stage_repo, params)
+    proc = _stage(stage_repo, "corpus")
+    assert proc.returncode == 0 and "licence" not in proc.stdout, proc.stdout + proc.stderr
+    assert (stage_repo / "data" / "corpus.txt").read_bytes() == text.encode()
 
 
 def test_text_shorter_than_one_batch(stage_repo, tmp_path):

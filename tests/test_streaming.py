@@ -116,3 +116,18 @@ def test_the_corpus_copy_is_exact_and_checked_in_chunks(tmp_path):
     (tmp_path / "bad.txt").write_bytes(raw + b"\xff")
     with pytest.raises(KarnnaError, match=rf"bad.txt: not UTF-8 at byte offset {len(raw)} \(byte 0xff\)"):
         copy_checked(tmp_path / "bad.txt", tmp_path / "out2.txt", "bad.txt", chunk_bytes=5)
+
+
+def test_a_span_of_the_corpus_is_copied_and_checked_in_file_offsets(tmp_path):
+    import hashlib
+
+    from src.data.chunks import copy_checked
+
+    raw = MIXED.encode("utf-8")
+    (tmp_path / "in.txt").write_bytes(b"head\n" + raw + b"\xfftail")
+    span = (5, 5 + len(raw))
+    size, digest = copy_checked(tmp_path / "in.txt", tmp_path / "out.txt", "in.txt", chunk_bytes=5, span=span)
+    assert (tmp_path / "out.txt").read_bytes() == raw
+    assert (size, digest) == (len(raw), hashlib.sha256(raw).hexdigest())
+    with pytest.raises(KarnnaError, match=rf"in.txt: not UTF-8 at byte offset {5 + len(raw)} \(byte 0xff\)"):
+        copy_checked(tmp_path / "in.txt", tmp_path / "out2.txt", "in.txt", chunk_bytes=5, span=(5, 6 + len(raw)))

@@ -53,7 +53,11 @@ class DataConfig(Section):
     path: Optional[str] = None
     # Fetched once when no path is set and no copy lies beside the checkout.
     url: str = "https://www.gutenberg.org/cache/epub/1399/pg1399.txt"
-    # Expected SHA-256 of the corpus as found/fetched (after the Gutenberg licence is stripped).
+    # "strip": the corpus is the book alone, a Project Gutenberg licence header or footer (the
+    # text before "*** START OF" and from "*** END OF") left out, wherever the text comes from;
+    # "keep": the file as it is.
+    licence: Literal["strip", "keep"] = "strip"
+    # Expected SHA-256 of data/corpus.txt, the corpus as the licence policy leaves it.
     # None: not checked (a file of your own); see docs/DESIGN.md for the known checksums.
     sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$", **_expect("64 hex digits (or null)"))
     # "lf": CRLF and lone CR become LF; "keep": the bytes' newlines are kept as they are.

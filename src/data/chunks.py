@@ -32,14 +32,18 @@ def read_chunks(
     chunk_bytes: int = CHUNK_BYTES,
     bar: Optional[tqdm] = None,
     on_bytes: Callable[[bytes], object] = lambda data: None,
+    span: Optional[tuple[int, int]] = None,
 ) -> Iterator[str]:
-    """The file's text, decoded in chunks; a sequence split over two chunks is decoded whole,
-    and invalid UTF-8 is one line with its offset in the file. on_bytes sees each chunk's bytes."""
+    """The file's text (its bytes span[0]:span[1] when given), decoded in chunks; a sequence split
+    over two chunks is decoded whole, and invalid UTF-8 is one line with its offset in the file.
+    on_bytes sees each chunk's bytes."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    consumed = 0  # bytes handed to the decoder so far
+    begin, end = span if span is not None else (0, None)
+    consumed = begin  # the file's offset of the next byte handed to the decoder
     with open(path, "rb") as f:
+        f.seek(begin)
         while True:
-            data = f.read(chunk_bytes)
+            data = f.read(chunk_bytes if end is None else min(chunk_bytes, end - consumed))
             final = not data
             pending = len(decoder.getstate()[0])  # the tail of the last chunk, decoded with this one
             try:
@@ -56,17 +60,20 @@ def read_chunks(
                 return
 
 
-def copy_checked(path: Path, out: Path, source: str, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, str]:
-    """Copy the file at `path` to `out` in chunks, checking it is UTF-8 on the way (the one line
-    of read_chunks); -> (its size in bytes, its SHA-256)."""
+def copy_checked(
+    path: Path, out: Path, source: str, chunk_bytes: int = CHUNK_BYTES, span: Optional[tuple[int, int]] = None
+) -> tuple[int, str]:
+    """Copy the file at `path` (its bytes span[0]:span[1] when given) to `out` in chunks, checking
+    it is UTF-8 on the way (the one line of read_chunks); -> (the copy's size in bytes, its SHA-256)."""
     digest = hashlib.sha256()
-    with open(out, "wb") as f, progress_line.bar(path.stat().st_size, "corpus") as bar:
+    total = path.stat().st_size if span is None else span[1] - span[0]
+    with open(out, "wb") as f, progress_line.bar(total, "corpus") as bar:
 
         def take(data: bytes) -> None:
             digest.update(data)
             f.write(data)
 
-        for _ in read_chunks(path, source, chunk_bytes, bar, take):
+        for _ in read_chunks(path, source, chunk_bytes, bar, take, span):
             pass
         size = f.tell()
     return size, digest.hexdigest()

@@ -2,12 +2,14 @@
 
 The novel is never committed. Order of search when params.yaml's data.path is null:
 ``../shared/data/anna.txt`` beside the checkout (this environment), else a download from
-Project Gutenberg (ebook 1399) with its licence header and footer stripped.
+Project Gutenberg (ebook 1399). With data.licence "strip" the corpus is the book alone: a
+Project Gutenberg licence header or footer, wherever the text comes from, is left out.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +19,7 @@ from src.utils.errors import KarnnaError
 from src.utils.repo import main_repo_root
 
 # The copy of the novel that lies beside the checkout in this environment; it is the text of
-# the original "Anna KaRNNa" notebook (no Gutenberg header, CRLF newlines).
+# the original "Anna KaRNNa" notebook (no Gutenberg header, the licence as its footer, CRLF).
 SHARED_CORPUS = Path("..") / "shared" / "data" / "anna.txt"
 
 _START = "*** START OF"
@@ -58,6 +60,30 @@ def strip_gutenberg(text: str) -> str:
     return text[body_start:end].strip("\r\n") + "\n"
 
 
+def book_span(path: Path) -> Optional[tuple[int, int]]:
+    """The byte offsets of the book in a file that holds Project Gutenberg's licence header or
+    footer (or both): from the line after '*** START OF' (else the start) to the line end before
+    '*** END OF' (else the end), blank lines at both edges left out; None when neither marker is
+    there. The file is searched through a memory map, so a corpus of any size is never read whole."""
+    if path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start = data.find(_START.encode())
+        begin = 0 if start < 0 else data.find(b"\n", start) + 1 or len(data)
+        end = data.find(_END.encode(), begin)
+        if start < 0 and end < 0:
+            return None
+        end = len(data) if end < 0 else end
+        while begin < end and data[begin] in b"\r\n":
+            begin += 1
+        while end > begin and data[end - 1] in b"\r\n":
+            end -= 1
+        for newline in (b"\r\n", b"\n"):  # the book's last line keeps its line end
+            if data[end : end + len(newline)] == newline:
+                return begin, end + len(newline)
+        return begin, end
+
+
 def download(url: str, timeout: float = 60.0) -> bytes:
     """Fetch the ebook; a failure says where to put the file by hand instead."""
     try:
@@ -70,11 +96,11 @@ def download(url: str, timeout: float = 60.0) -> bytes:
         ) from None
 
 
-def fetch(url: str) -> bytes:
-    """Download a Gutenberg plain-text ebook and return the book's bytes (UTF-8, licence stripped)."""
+def fetch(url: str, strip: bool = True) -> bytes:
+    """Download a Gutenberg plain-text ebook; -> its UTF-8 bytes (the book alone when `strip`)."""
     raw = download(url)
     text = decode_utf8(raw, url)
-    return strip_gutenberg(text.lstrip("\ufeff")).encode("utf-8")
+    return strip_gutenberg(text.lstrip("\ufeff")).encode("utf-8") if strip else raw
 
 
 def sha256(data: bytes) -> str:
