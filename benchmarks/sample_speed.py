@@ -4,8 +4,8 @@
                                       [--batch 128] [--batch-length 200] [--threads 0] [--cell lstm] [--json PATH]
 
 The project's model is a 2 x 512 network of `--cell` (an LSTM by default), the reference the
-seed's 2 x 512 LSTM, both over the novel's 83 characters (random weights: the speed does not
-depend on them), top-k 5, prime "Far".
+seed's 2 x 512 LSTM, both over 83 characters (the novel's file, licence included; random
+weights: the speed does not depend on them), top-k 5, prime "Far".
 - reference: benchmarks.reference.seed_sample, batch 1, one nn.LSTM call per character and a
   numpy argsort for top-k; timed at --threads and at one thread, and the faster of the two is
   the baseline of every ratio (so that a thread setting that suits the reference badly does not

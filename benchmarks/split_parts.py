@@ -4,8 +4,8 @@
                                      [--marker "*** END OF"]
 
 The novel's file ends with the Project Gutenberg licence (19,072 characters from its "*** END OF"
-line), and the validation split is the file's last tenth: this says how much of the split's
-score is the licence. Each part is scored as the evaluate stage scores a split (fp32, the
+line), and with data.licence: keep the validation split is the file's last tenth: this says how
+much of the split's score is the licence (where the marker is not found, only the whole split). Each part is scored as the evaluate stage scores a split (fp32, the
 default evaluate.rows x evaluate.chunk_len, from a zero state); the parts' losses weighted by their
 characters add up to the whole split's only roughly, since each part starts from a zero state.
 """
