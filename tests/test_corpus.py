@@ -15,17 +15,6 @@ GUTENBERG = (
 )
 
 
-def test_strip_gutenberg_keeps_only_the_book():
-    body = corpus.strip_gutenberg(GUTENBERG)
-    assert body.startswith("Chapter 1") and "Happy families are all alike." in body
-    assert "Gutenberg" not in body and "Licence" not in body
-
-
-def test_strip_gutenberg_rejects_other_files():
-    with pytest.raises(KarnnaError, match="not a Project Gutenberg"):
-        corpus.strip_gutenberg("just some text")
-
-
 @pytest.mark.parametrize(
     "text, book",
     [
@@ -44,6 +33,7 @@ def test_book_span_leaves_out_the_licence(tmp_path, text, book):
     path.write_bytes(text.encode())
     begin, end = corpus.book_span(path)
     assert path.read_bytes()[begin:end] == book.encode()
+    assert corpus.book_bounds(text.encode()) == (begin, end)  # a download's bytes: the same rule
 
 
 @pytest.mark.parametrize("text", ["", "A text of my own.\n", "*** no marker here ***\n"])
@@ -113,8 +103,18 @@ def http_root(tmp_path):
 def test_fetch_downloads_and_strips(http_root):
     root, base = http_root
     (root / "pg1399.txt").write_bytes(GUTENBERG.encode("utf-8"))
-    text = corpus.fetch(f"{base}/pg1399.txt").decode("utf-8")
-    assert text.startswith("Chapter 1") and "END OF" not in text
+    assert corpus.fetch(f"{base}/pg1399.txt") == b"Chapter 1\r\n\r\nHappy families are all alike.\r\n"
+    # A byte-order mark before the book (an ebook with only the footer) is not part of it.
+    (root / "footer.txt").write_bytes("\ufeffBook\n*** END OF X ***\n".encode())
+    assert corpus.fetch(f"{base}/footer.txt") == b"Book\n"
+
+
+def test_fetch_rejects_a_text_without_the_markers(http_root):
+    root, base = http_root
+    (root / "mine.txt").write_bytes(b"just some text")
+    with pytest.raises(KarnnaError, match=r"mine.txt has no .* marker: it is not a Project Gutenberg"):
+        corpus.fetch(f"{base}/mine.txt")
+    assert corpus.fetch(f"{base}/mine.txt", strip=False) == b"just some text"
 
 
 def test_fetch_keeps_the_licence_when_asked(http_root):

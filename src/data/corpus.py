@@ -24,6 +24,7 @@ SHARED_CORPUS = Path("..") / "shared" / "data" / "anna.txt"
 
 _START = "*** START OF"
 _END = "*** END OF"
+_BOM = "\ufeff".encode()
 
 
 def locate(path: Optional[str], repo_root: Path) -> Optional[Path]:
@@ -47,41 +48,34 @@ def locate(path: Optional[str], repo_root: Path) -> Optional[Path]:
     return next((root / SHARED_CORPUS for root in roots if (root / SHARED_CORPUS).is_file()), None)
 
 
-def strip_gutenberg(text: str) -> str:
-    """Drop Project Gutenberg's licence header and footer, keeping the book between the markers."""
-    start = text.find(_START)
-    end = text.find(_END)
-    if start < 0 or end < 0 or end < start:
-        raise KarnnaError(
-            "the downloaded file has no '*** START OF ... ***' / '*** END OF ... ***' markers: "
-            "it is not a Project Gutenberg plain-text ebook; check params.yaml data.url"
-        )
-    body_start = text.find("\n", start) + 1
-    return text[body_start:end].strip("\r\n") + "\n"
+def book_bounds(data: bytes | mmap.mmap) -> Optional[tuple[int, int]]:
+    """The byte offsets of the book in a text that holds Project Gutenberg's licence header or
+    footer (or both): from the line after '*** START OF' (else the start) to the line end before
+    '*** END OF' (else the end), blank lines at both edges left out, the book's last line end
+    kept; None when neither marker is there."""
+    start = data.find(_START.encode())
+    begin = 0 if start < 0 else data.find(b"\n", start) + 1 or len(data)
+    end = data.find(_END.encode(), begin)
+    if start < 0 and end < 0:
+        return None
+    end = len(data) if end < 0 else end
+    while begin < end and data[begin] in b"\r\n":
+        begin += 1
+    while end > begin and data[end - 1] in b"\r\n":
+        end -= 1
+    for newline in (b"\r\n", b"\n"):
+        if data[end : end + len(newline)] == newline:
+            return begin, end + len(newline)
+    return begin, end
 
 
 def book_span(path: Path) -> Optional[tuple[int, int]]:
-    """The byte offsets of the book in a file that holds Project Gutenberg's licence header or
-    footer (or both): from the line after '*** START OF' (else the start) to the line end before
-    '*** END OF' (else the end), blank lines at both edges left out; None when neither marker is
-    there. The file is searched through a memory map, so a corpus of any size is never read whole."""
+    """book_bounds of a file, searched through a memory map: a corpus of any size is never read
+    whole."""
     if path.stat().st_size == 0:
         return None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        start = data.find(_START.encode())
-        begin = 0 if start < 0 else data.find(b"\n", start) + 1 or len(data)
-        end = data.find(_END.encode(), begin)
-        if start < 0 and end < 0:
-            return None
-        end = len(data) if end < 0 else end
-        while begin < end and data[begin] in b"\r\n":
-            begin += 1
-        while end > begin and data[end - 1] in b"\r\n":
-            end -= 1
-        for newline in (b"\r\n", b"\n"):  # the book's last line keeps its line end
-            if data[end : end + len(newline)] == newline:
-                return begin, end + len(newline)
-        return begin, end
+        return book_bounds(data)
 
 
 def download(url: str, timeout: float = 60.0) -> bytes:
@@ -99,8 +93,16 @@ def download(url: str, timeout: float = 60.0) -> bytes:
 def fetch(url: str, strip: bool = True) -> bytes:
     """Download a Gutenberg plain-text ebook; -> its UTF-8 bytes (the book alone when `strip`)."""
     raw = download(url)
-    text = decode_utf8(raw, url)
-    return strip_gutenberg(text.lstrip("\ufeff")).encode("utf-8") if strip else raw
+    decode_utf8(raw, url)
+    if not strip:
+        return raw
+    span = book_bounds(raw)
+    if span is None:
+        raise KarnnaError(
+            f"{url} has no '*** START OF ... ***' / '*** END OF ... ***' marker: it is not a Project "
+            "Gutenberg plain-text ebook; check params.yaml data.url, or set data.licence: keep"
+        )
+    return raw[span[0] : span[1]].removeprefix(_BOM)
 
 
 def sha256(data: bytes) -> str:
