@@ -32,6 +32,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())
     tmp_path = Path(tmp)
     try:
         with faults.writing(path):
@@ -42,6 +43,20 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask. mkstemp's own 0o600 would hide the
+    models, metrics and splits from the rest of a team that shares the checkout's group."""
+    try:
+        with open("/proc/self/status") as f:  # Linux: read without changing it
+            mask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), None)
+    except OSError:
+        mask = None
+    if mask is None:  # elsewhere: set and restore at once, the only portable way to read it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_with(path: PathLike, writer: Callable[[Path], Any]) -> None:
