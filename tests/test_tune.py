@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -619,6 +620,41 @@ def test_mlflow_parent_and_child_runs(tmp_path, study_data):
     # Resuming the study reuses the same parent run.
     study = _run(base, _space(), study_data, storage, n_trials=1, tracking_uri=uri)
     assert study.user_attrs[trials.STUDY_RUN_ATTR] == parent_id
+
+
+def _points_in_store(client, experiment: str, key: str, timeout: float) -> list[int]:
+    """The steps of `key` the store holds for the experiment's trial-0, waited for up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'trial-0'") if exp else []
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)] if runs else []
+        if steps or time.monotonic() > deadline:
+            return steps
+        time.sleep(0.1)
+
+
+def test_a_running_trials_curve_reaches_the_store_before_its_first_rung(tmp_path, study_data, monkeypatch):
+    """mlflow ui draws a trial as it trains: what it logged is sent every LIVE_FLUSH_S, not only
+    at its rungs (here steps 33 and 100)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = config_from_dict(tiny_params(model={"embedding_dim": 4}, tracking={"enabled": True, "experiment": "live"}))
+    monkeypatch.setattr(runner, "LIVE_FLUSH_S", 0.0)
+    client, calls, seen = MlflowClient(uri), [], []
+
+    def on_log():  # train()'s on_log: every log_interval (5) steps
+        calls.append(1)
+        if len(calls) == 3:  # step 15, before the first rung
+            seen.extend(_points_in_store(client, "live", "train_loss", timeout=20))
+
+    space = _space(n_trials=1, budget_chars=6400, rungs=2, space={"model.dropout": {"low": 0.0, "high": 0.5}})
+    study = _run(
+        base, space, study_data, storage_for(None, tmp_path / "j.log"), n_trials=1, tracking_uri=uri, on_log=on_log
+    )
+    assert study.trials[0].state.name == "COMPLETE" and min(search.ladder(100, 2, 3)) == 33
+    assert seen == [10]  # log_every 10: the point of step 10, in the store at step 15
 
 
 def test_the_median_pruner_stops_trials_of_a_real_study(tmp_path, base, study_data):

@@ -15,6 +15,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from src.tracking import runs, trials
 from src.tracking.figures import study_figures
 from src.training import evaluate
 from src.training.loop import train
+from src.training.report import Reporter
 from src.training.setup import build_model
 from src.training.state import TrainPaths
 from src.tuning import space as search
@@ -84,6 +86,26 @@ def _size_trial(trial, base, cfg, params, steps, space: TuneConfig, study_data: 
     return n_params
 
 
+LIVE_FLUSH_S = 5.0  # how far behind its training a running trial's curve in the store may be
+
+
+def live_curve(reporter: Reporter, then: Callable[[], object], every_s: float) -> Callable[[], None]:
+    """A trial's train() on_log: `then`, and every `every_s` seconds what the trial logged handed to
+    the store's sender thread. A training run holds its metrics until a checkpoint, so that a run
+    resumed from one logs no step twice; a trial is never resumed and checkpoints only at its end,
+    so without this its curve would reach mlflow ui only at its rungs, a third of the budget apart."""
+    last = time.monotonic()
+
+    def on_log() -> None:
+        nonlocal last
+        then()
+        if time.monotonic() - last >= every_s:
+            reporter.flush()
+            last = time.monotonic()
+
+    return on_log
+
+
 def objective_for(
     base: Config,
     space: TuneConfig,
@@ -134,7 +156,7 @@ def objective_for(
                     on_eval=[pruning],
                     eval_steps=rungs,
                     eval_chars=space.eval_chars,
-                    on_log=on_log,
+                    on_log=live_curve(inner, on_log, LIVE_FLUSH_S),
                 )
                 final = result.val_history[-1][1]  # the whole split, at the end of the budget
                 inner.log_metrics({"final_val_loss": final, "n_params": n_params}, result.steps)
