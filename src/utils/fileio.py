@@ -32,10 +32,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, new_file_mode())
     tmp_path = Path(tmp)
     try:
         with faults.writing(path):
+            os.chmod(tmp_path, new_file_mode())
             yield tmp_path
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
