@@ -27,3 +27,15 @@ def test_an_atomic_write_has_the_mode_open_would_give(tmp_path, umask, mask, mod
         tmp.write_text("x")
     for name in ("m.json", "a.npy", "deep/x.txt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_a_write_that_cannot_set_the_mode_leaves_nothing_behind(tmp_path, monkeypatch):
+    (tmp_path / "m.json").write_text("old")
+
+    def refuse(path, mode):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(fileio.os, "chmod", refuse)
+    with pytest.raises(PermissionError):
+        fileio.write_json(tmp_path / "m.json", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"] and (tmp_path / "m.json").read_text() == "old"
